@@ -1,0 +1,5 @@
+#pragma once
+
+#define KVLM_VERSION_MAJOR 0
+#define KVLM_VERSION_MINOR 1
+#define KVLM_VERSION_PATCH 0
