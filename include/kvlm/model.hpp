@@ -1,0 +1,142 @@
+#pragma once
+// Model: the weights of a Llama-architecture model (token embeddings, decoder blocks, final norm,
+// classifier) plus, optionally, its tokenizer. Immutable after loading, so one Model is shared as
+// std::shared_ptr<const Model> by any number of sessions on any threads.
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kvlm/config.hpp"
+#include "kvlm/decoder_block.hpp"
+#include "kvlm/error.hpp"
+#include "kvlm/loaders/llama2c.hpp"
+#include "kvlm/loaders/model_file.hpp"
+#include "kvlm/tensor.hpp"
+#include "kvlm/tokenizer.hpp"
+
+namespace kvlm {
+
+class Model {
+ public:
+  /// Loads a model file (llama2.c checkpoint, legacy or version 1) and, if tokenizer_path is not
+  /// empty, its SentencePiece tokenizer.
+  /// @throws Error naming the file and the problem (kIo, kFormat, kConfig, kTokenizer).
+  static std::shared_ptr<const Model> load(const std::string& model_path,
+                                           const std::string& tokenizer_path = {}) {
+    std::optional<Tokenizer> tokenizer;
+    if (!tokenizer_path.empty()) tokenizer.emplace(Tokenizer::load(tokenizer_path));
+    return from_file(load_model_file(model_path), std::move(tokenizer));
+  }
+
+  /// Builds a model from a loader's output, or from weights a host made itself.
+  /// @throws Error(kFormat) if a tensor is missing or has the wrong shape or type, and
+  ///         Error(kTokenizer) if the tokenizer's vocabulary is not the model's.
+  static std::shared_ptr<const Model> from_file(ModelFile file,
+                                                std::optional<Tokenizer> tokenizer = {}) {
+    return std::shared_ptr<const Model>(new Model(std::move(file), std::move(tokenizer)));
+  }
+
+  const ModelConfig& config() const { return config_; }
+  bool has_tokenizer() const { return tokenizer_.has_value(); }
+  /// @throws Error(kTokenizer) if the model was loaded without one.
+  const Tokenizer& tokenizer() const {
+    if (!tokenizer_) throw Error(ErrorCode::kTokenizer, "model was loaded without a tokenizer");
+    return *tokenizer_;
+  }
+
+  const WeightView& token_embedding() const { return token_embedding_; }  // [vocab_size, dim]
+  const BlockWeights& block(int layer) const { return blocks_[layer]; }
+  TensorView<const float> final_norm() const { return final_norm_; }     // [dim]
+  const WeightView& classifier() const { return classifier_; }            // [vocab_size, dim]
+  /// Bytes of weight data a decode step reads: every matrix but the embedding table.
+  std::size_t decode_weight_bytes() const { return decode_weight_bytes_; }
+
+ private:
+  static ModelFile load_model_file(const std::string& path) {
+    char magic[4] = {};
+    {
+      const detail::MappedFile probe(path);
+      std::memcpy(magic, probe.data(), std::min<std::size_t>(probe.size(), 4));
+    }
+    if (std::memcmp(magic, "GGUF", 4) == 0) {
+      throw Error(ErrorCode::kFormat, path + ": GGUF files are not supported by this version");
+    }
+    return load_llama2c(path);
+  }
+
+  Model(ModelFile file, std::optional<Tokenizer> tokenizer)
+      : config_(file.config), storage_(std::move(file.storage)), tokenizer_(std::move(tokenizer)) {
+    config_.validate();
+    const std::int64_t dim = config_.dim, hidden = config_.hidden_dim;
+    const std::int64_t q_dim = config_.q_dim(), kv_dim = config_.kv_dim();
+    token_embedding_ = matrix(file, "token_embd.weight", config_.vocab_size, dim);
+    for (int l = 0; l < config_.n_layers; ++l) {
+      const std::string p = "blk." + std::to_string(l) + ".";
+      BlockWeights b;
+      b.attn_norm = vector(file, p + "attn_norm.weight", dim);
+      b.wq = matrix(file, p + "attn_q.weight", q_dim, dim);
+      b.wk = matrix(file, p + "attn_k.weight", kv_dim, dim);
+      b.wv = matrix(file, p + "attn_v.weight", kv_dim, dim);
+      b.wo = matrix(file, p + "attn_output.weight", dim, q_dim);
+      b.ffn_norm = vector(file, p + "ffn_norm.weight", dim);
+      b.w_gate = matrix(file, p + "ffn_gate.weight", hidden, dim);
+      b.w_down = matrix(file, p + "ffn_down.weight", dim, hidden);
+      b.w_up = matrix(file, p + "ffn_up.weight", hidden, dim);
+      for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+        decode_weight_bytes_ += w->byte_size();
+      }
+      blocks_.push_back(b);
+    }
+    final_norm_ = vector(file, "output_norm.weight", dim);
+    classifier_ = config_.shared_classifier
+                      ? token_embedding_
+                      : matrix(file, "output.weight", config_.vocab_size, dim);
+    decode_weight_bytes_ += classifier_.byte_size() + (2 * config_.n_layers + 1) * dim * 4;
+    if (tokenizer_ && tokenizer_->vocab_size() != config_.vocab_size) {
+      throw Error(ErrorCode::kTokenizer,
+                  "tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
+                      " pieces but the model's vocabulary has " +
+                      std::to_string(config_.vocab_size));
+    }
+  }
+
+  static WeightView matrix(const ModelFile& file, const std::string& name, std::int64_t rows,
+                           std::int64_t cols) {
+    const auto it = file.weights.find(name);
+    if (it == file.weights.end()) throw Error(ErrorCode::kFormat, "missing tensor " + name);
+    const WeightView& w = it->second;
+    if (w.rows != rows || w.cols != cols || w.data == nullptr) {
+      throw Error(ErrorCode::kFormat, "tensor " + name + " is [" + std::to_string(w.rows) + ", " +
+                                          std::to_string(w.cols) + "], expected [" +
+                                          std::to_string(rows) + ", " + std::to_string(cols) +
+                                          "]");
+    }
+    return w;
+  }
+
+  static TensorView<const float> vector(const ModelFile& file, const std::string& name,
+                                        std::int64_t size) {
+    const WeightView w = matrix(file, name, 1, size);
+    if (w.dtype != DType::kF32) {
+      throw Error(ErrorCode::kFormat, "tensor " + name + " is " + to_string(w.dtype) +
+                                          "; norm weights must be F32");
+    }
+    return TensorView<const float>(static_cast<const float*>(w.data), {size});
+  }
+
+  ModelConfig config_;
+  std::shared_ptr<const void> storage_;  // keeps every view below valid
+  std::optional<Tokenizer> tokenizer_;
+  WeightView token_embedding_;
+  std::vector<BlockWeights> blocks_;
+  TensorView<const float> final_norm_;
+  WeightView classifier_;
+  std::size_t decode_weight_bytes_ = 0;
+};
+
+}  // namespace kvlm
