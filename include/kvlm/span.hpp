@@ -4,8 +4,6 @@
 
 #include <array>
 #include <cstddef>
-#include <initializer_list>
-#include <type_traits>
 #include <vector>
 
 namespace kvlm {
@@ -23,9 +21,6 @@ class Span {
   Span(std::array<U, N>& a) : data_(a.data()), size_(N) {}  // NOLINT
   template <typename U, std::size_t N>
   Span(const std::array<U, N>& a) : data_(a.data()), size_(N) {}  // NOLINT
-  // Valid only for the duration of the full expression, as with std::initializer_list.
-  Span(std::initializer_list<std::remove_const_t<T>> list)  // NOLINT
-      : data_(list.begin()), size_(list.size()) {}
 
   T* data() const { return data_; }
   std::size_t size() const { return size_; }
