@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "alloc_counter.hpp"
 #include "models.hpp"
 #include "random_model.hpp"
 #include "reference_forward.hpp"
@@ -196,6 +197,29 @@ TEST(Session, ThreadCountDoesNotChangeLogits) {
     results.back().insert(results.back().end(), l.begin(), l.end());
   }
   EXPECT_LE(max_abs_diff(results[0], results[1]), kLogitTolerance);
+}
+
+TEST(Session, DecodeStepAllocatesNothing) {
+  ModelConfig c = test::small_gqa_config();
+  c.dim = 256;  // big enough that matmul and attention run on 2 threads
+  c.hidden_dim = 512;
+  c.head_dim = 32;
+  c.max_seq_len = 128;
+  const auto model = test::random_model(c, 7);
+  for (int threads : {1, 2}) {
+    SessionOptions options;
+    options.n_threads = threads;
+    Session s(model, options);
+    s.prefill(std::vector<Token>{1, 2, 3, 4, 5, 6, 7, 8});
+    s.step(9);  // the first parallel region starts OpenMP's thread pool
+    std::size_t allocations = 0;
+    {
+      const test::AllocationCounter counter;
+      for (Token t = 10; t < 60; ++t) s.step(t);
+      allocations = counter.count();
+    }
+    EXPECT_EQ(allocations, 0u) << "n_threads = " << threads;
+  }
 }
 
 TEST(SessionErrors, PromptLongerThanContextLeavesSessionUnchanged) {
