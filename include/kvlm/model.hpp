@@ -61,7 +61,7 @@ class Model {
     char magic[4] = {};
     {
       const detail::MappedFile probe(path);
-      std::memcpy(magic, probe.data(), std::min<std::size_t>(probe.size(), 4));
+      if (probe.size() >= 4) std::memcpy(magic, probe.data(), 4);
     }
     if (std::memcmp(magic, "GGUF", 4) == 0) {
       throw Error(ErrorCode::kFormat, path + ": GGUF files are not supported by this version");

@@ -47,7 +47,7 @@ class TensorView {
   T* data() const { return data_; }
   int rank() const { return rank_; }
   std::int64_t dim(int i) const { return shape_[i]; }
-  std::int64_t cols() const { return shape_[rank_ - 1]; }
+  std::int64_t cols() const { return rank_ == 0 ? 0 : shape_[rank_ - 1]; }
   std::int64_t rows() const { return rank_ == 0 ? 0 : size() / cols(); }
   std::int64_t size() const {
     std::int64_t n = rank_ == 0 ? 0 : 1;

@@ -111,9 +111,12 @@ inline ModelFile load_llama2c(const std::string& path) {
   const std::int32_t vocab = detail::read_i32(fields + 20);
   c.max_seq_len = detail::read_i32(fields + 24);
   c.shared_classifier = v1 ? bytes[36] != std::byte{0} : vocab > 0;
-  c.vocab_size = vocab == INT32_MIN ? 0 : std::abs(vocab);
+  // Only the legacy header signs vocab_size; INT32_MIN has no absolute value and stays as read,
+  // so validate() names it.
+  c.vocab_size = (v1 || vocab == INT32_MIN) ? vocab : std::abs(vocab);
   if (c.n_heads > 0 && c.dim % c.n_heads != 0) {
-    throw Error(ErrorCode::kConfig, path + ": dim = " + std::to_string(c.dim) +
+    throw Error(ErrorCode::kConfig, path + ": not a llama2.c checkpoint's header: dim = " +
+                                        std::to_string(c.dim) +
                                         " is not divisible by n_heads = " +
                                         std::to_string(c.n_heads));
   }
@@ -121,7 +124,7 @@ inline ModelFile load_llama2c(const std::string& path) {
   try {
     c.validate();
   } catch (const Error& e) {
-    throw Error(e.code(), path + ": " + e.what());
+    throw Error(e.code(), path + ": not a llama2.c checkpoint's header: " + e.what());
   }
 
   const std::int64_t dim = c.dim, hidden = c.hidden_dim, vocab_size = c.vocab_size;
