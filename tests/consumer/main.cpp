@@ -1,32 +1,32 @@
-// Usage: app <models folder>
-#include <kvlm/config.hpp>
-#include <kvlm/error.hpp>
-#include <kvlm/version.hpp>
+// Continues a prompt with the stories260K model. Usage: app <models folder>
+#include <kvlm/kvlm.hpp>
 
 #include <iostream>
 #include <string>
+#include <string_view>
 
 int main(int argc, char** argv) {
   const std::string models = argc > 1 ? argv[1] : "../shared/models";
-
-  kvlm::ModelConfig config;  // stories260K's shape
-  config.dim = 64;
-  config.hidden_dim = 172;
-  config.n_layers = 5;
-  config.n_heads = 8;
-  config.n_kv_heads = 4;
-  config.head_dim = 8;
-  config.vocab_size = 512;
-  config.max_seq_len = 512;
   try {
-    config.validate();  // throws kvlm::Error naming the first field that does not fit
-  } catch (const kvlm::Error& e) {
-    std::cerr << "kvlm error (" << kvlm::to_string(e.code()) << "): " << e.what() << "\n";
+    // Weights are immutable once loaded; any number of sessions may share them.
+    auto model = kvlm::Model::load(models + "/stories260K/stories260K.bin",
+                                   models + "/stories260K/tok512.model");
+    kvlm::SessionOptions session_options;
+    session_options.n_threads = 2;
+    kvlm::Session session(model, session_options);  // owns its KV cache
+
+    kvlm::GenerateOptions options;
+    options.max_new_tokens = 64;
+    options.sampler.temperature = 0.0f;  // greedy: the same text on every run
+    std::cout << "Once upon a time";
+    session.generate("Once upon a time", options, [](std::string_view piece) {
+      std::cout << piece << std::flush;
+      return true;  // false stops generation
+    });
+    std::cout << "\n[" << session.position() << " tokens in the cache]\n";
+  } catch (const kvlm::Error& e) {  // a missing file, a bad format, a full context, ...
+    std::cerr << "kvlm error: " << e.what() << "\n";
     return 1;
   }
-  std::cout << "kvlm " << KVLM_VERSION_MAJOR << "." << KVLM_VERSION_MINOR << "."
-            << KVLM_VERSION_PATCH << ": " << config.n_heads << " query heads share "
-            << config.n_kv_heads << " KV heads (group " << config.group() << "); models in "
-            << models << "\n";
   return 0;
 }
