@@ -2,6 +2,8 @@
 #   cmake [-DEXPECT_RC=N] [-DSTDOUT_FILE=F] [-DSTDOUT_REGEX=R] [-DSTDOUT_EMPTY=ON]
 #         [-DSTDERR_REGEX=R] [-DSAME_STDOUT_AS="prog|arg|..."] [-DINPUT_TEXT=T]
 #         -P cli_check.cmake -- PROGRAM ARGS...
+# REQUIRES=F: a model file the check reads; if it is missing the check fails under CI and is
+# skipped elsewhere, as tests/models.hpp does for GoogleTest tests.
 # STDOUT_FILE: stdout must equal the file byte for byte. SAME_STDOUT_AS: stdout must equal that
 # of another program (an independent reference), with INPUT_TEXT on its standard input.
 
@@ -15,6 +17,13 @@ foreach(i RANGE ${last})
     set(after_dashes ON)
   endif()
 endforeach()
+if(DEFINED REQUIRES AND NOT EXISTS "${REQUIRES}")
+  if(DEFINED ENV{CI} AND NOT "$ENV{CI}" STREQUAL "" AND NOT "$ENV{CI}" STREQUAL "false")
+    message(FATAL_ERROR "model file missing under CI: ${REQUIRES}")
+  endif()
+  message("SKIPPED: model file not found: ${REQUIRES}; set KVLM_MODELS_DIR or run scripts/models-dir")
+  return()
+endif()
 if(NOT DEFINED EXPECT_RC)
   set(EXPECT_RC 0)
 endif()

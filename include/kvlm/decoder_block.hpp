@@ -58,9 +58,7 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, cons
   auto v_new = values.rows_slice(start_pos, n);
 
   rms_norm(x, w.attn_norm, config.norm_eps, xb);
-  matmul(xb, w.wq, q, n_threads);
-  matmul(xb, w.wk, k_new, n_threads);
-  matmul(xb, w.wv, v_new, n_threads);
+  matmul(xb, {{w.wq, q}, {w.wk, k_new}, {w.wv, v_new}}, n_threads);
   rope(q, config.head_dim, start_pos, rope_table);
   rope(k_new, config.head_dim, start_pos, rope_table);
   const AttentionShape shape{config.n_heads, config.n_kv_heads, config.head_dim};
@@ -71,8 +69,7 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, cons
   auto gate = scratch.gate.view().rows_slice(0, n);
   auto up = scratch.up.view().rows_slice(0, n);
   rms_norm(x, w.ffn_norm, config.norm_eps, xb);
-  matmul(xb, w.w_gate, gate, n_threads);
-  matmul(xb, w.w_up, up, n_threads);
+  matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, n_threads);
   silu_mul(gate, up);
   matmul(gate, w.w_down, xb, n_threads);
   add_in_place(x, xb);

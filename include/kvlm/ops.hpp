@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kvlm/config.hpp"
 #include "kvlm/detail/assert.hpp"
@@ -28,27 +29,47 @@ inline void rms_norm(TensorView<const float> x, TensorView<const float> weight, 
   }
 }
 
-/// y = x W^T: x: [n_tokens, in]; w: [out, in] as stored; y: [n_tokens, out].
-/// The rows of W are split across threads, so each thread reads only its share of the weights.
-inline void matmul(TensorView<const float> x, const WeightView& w, TensorView<float> y,
+/// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
+struct Product {
+  const WeightView& w;
+  TensorView<float> y;
+};
+
+/// y = x W^T for each product, all with the same input x: [n_tokens, in]. The rows of all the
+/// matrices, taken end to end, are split across the threads, so each thread reads only its share
+/// of the weights and the threads meet once for the whole list rather than once per matrix.
+inline void matmul(TensorView<const float> x, std::initializer_list<Product> products,
                    int n_threads) {
-  KVLM_ASSERT(x.cols() == w.cols && y.cols() == w.rows && y.rows() == x.rows());
   const std::int64_t n_tokens = x.rows();
-  const std::int64_t in = w.cols;
-  const std::int64_t out = w.rows;
-  const TensorView<const float> weights = w.f32();  // the only weight type so far
-  detail::parallel_for_rows(out, n_tokens * out * in, n_threads, 16,
+  std::int64_t total_rows = 0;
+  for (const Product& p : products) {
+    KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
+    total_rows += p.w.rows;
+  }
+  detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
                             [&](std::int64_t begin, std::int64_t end) {
-    const auto w_part = weights.rows_slice(begin, end - begin).matrix();  // [end - begin, in]
-    if (n_tokens == 1) {
-      Eigen::Map<Eigen::VectorXf>(y.data() + begin, end - begin).noalias() =
-          w_part * x.vector();
-    } else {
-      Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
-          y.data() + begin, n_tokens, end - begin, Eigen::OuterStride<>(out));
-      y_part.noalias() = x.matrix() * w_part.transpose();
+    std::int64_t first_row = 0;  // of the current product, in the concatenated rows
+    for (const Product& p : products) {
+      const std::int64_t lo = std::max(begin, first_row) - first_row;
+      const std::int64_t hi = std::min(end, first_row + p.w.rows) - first_row;
+      first_row += p.w.rows;
+      if (lo >= hi) continue;
+      const auto w_part = p.w.f32().rows_slice(lo, hi - lo).matrix();  // [hi - lo, in]
+      if (n_tokens == 1) {
+        Eigen::Map<Eigen::VectorXf>(p.y.data() + lo, hi - lo).noalias() = w_part * x.vector();
+      } else {
+        Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
+            p.y.data() + lo, n_tokens, hi - lo, Eigen::OuterStride<>(p.y.cols()));
+        y_part.noalias() = x.matrix() * w_part.transpose();
+      }
     }
   });
+}
+
+/// y = x W^T: x: [n_tokens, in]; w: [out, in] as stored; y: [n_tokens, out].
+inline void matmul(TensorView<const float> x, const WeightView& w, TensorView<float> y,
+                   int n_threads) {
+  matmul(x, {Product{w, y}}, n_threads);
 }
 
 /// out[i] = row tokens[i] of the embedding table. table: [vocab_size, dim]; out: [n_tokens, dim].
