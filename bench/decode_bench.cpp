@@ -92,7 +92,7 @@ void BM_AttentionStep(benchmark::State& state) {
   const int n_threads = hardware_threads();
   kvlm::Tensor<float> q({1, shape.n_heads * shape.head_dim});
   kvlm::Tensor<float> keys({n_ctx, kv_dim}), values({n_ctx, kv_dim});
-  kvlm::Tensor<float> scores({n_threads, 1, n_ctx});
+  kvlm::Tensor<float> scores({n_threads, shape.group(), n_ctx});
   kvlm::Tensor<float> out({1, shape.n_heads * shape.head_dim});
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -122,8 +122,8 @@ double measure_read_bandwidth() {
       std::vector<float> partial(64, 0.0f);
       const auto start = std::chrono::steady_clock::now();
       kvlm::detail::parallel_for_rows(n, n, hardware_threads(), 1 << 16,
-                                      [&](std::int64_t begin, std::int64_t end) {
-        partial[kvlm::detail::thread_index()] =
+                                      [&](std::int64_t begin, std::int64_t end, int thread) {
+        partial[thread] =
             Eigen::Map<const Eigen::VectorXf>(buffer.data() + begin, end - begin).sum();
       });
       const double seconds =

@@ -82,7 +82,7 @@ TEST_P(AttentionVsPlainLoop, Matches) {
   // Rows past the last visible position must never be read.
   std::fill(keys.begin() + std::int64_t{n_ctx} * kv_dim, keys.end(), nan);
   std::fill(values.begin() + std::int64_t{n_ctx} * kv_dim, values.end(), nan);
-  Tensor<float> scores({n_threads, n_tokens, n_ctx});
+  Tensor<float> scores({n_threads, std::max(n_tokens, shape.group()), n_ctx});
   std::fill(scores.data(), scores.data() + scores.size(), nan);  // scratch: any garbage
   Tensor<float> out({n_tokens, q_dim});
   std::fill(out.data(), out.data() + out.size(), nan);  // every element must be written

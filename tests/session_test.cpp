@@ -177,6 +177,37 @@ TEST(Session, SessionsOnOneModelDoNotInterfere) {
   EXPECT_EQ(got, expected);
 }
 
+TEST(Session, SessionsRunConcurrentlyOnHostThreads) {
+  ModelConfig c = test::small_gqa_config();
+  c.dim = 256;  // large enough that each session also starts threads of its own
+  c.hidden_dim = 512;
+  c.head_dim = 32;
+  const auto model = test::random_model(c, 8);
+  const std::vector<std::vector<Token>> prompts = {{1, 2, 3, 4, 5, 6}, {9, 8, 7, 6, 5, 4, 3}};
+  std::vector<std::vector<float>> expected;
+  for (const auto& p : prompts) {
+    Session s(model, SessionOptions{});
+    const Span<const float> l = s.prefill(p);
+    expected.emplace_back(l.begin(), l.end());
+  }
+  // Host threads from OpenMP itself: kvlm's own regions nest inside them.
+  std::vector<std::vector<float>> got(prompts.size());
+#pragma omp parallel for num_threads(2)
+  for (int i = 0; i < 2; ++i) {
+    SessionOptions options;
+    options.n_threads = 2 - i;  // host thread 1 runs a one-thread session: its scratch index is 0
+    Session s(model, options);
+    for (int round = 0; round < 20; ++round) {
+      s.reset();
+      const Span<const float> l = s.prefill(prompts[i]);
+      got[i].assign(l.begin(), l.end());
+    }
+  }
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_LE(max_abs_diff(got[i], expected[i]), kLogitTolerance) << "prompt " << i;
+  }
+}
+
 TEST(Session, ThreadCountDoesNotChangeLogits) {
   ModelConfig c = test::small_gqa_config();
   c.dim = 256;  // large enough that matmul and attention really split across threads

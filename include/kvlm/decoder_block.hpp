@@ -33,14 +33,14 @@ struct BlockScratch {
         att({max_batch, config.q_dim()}),
         gate({max_batch, config.hidden_dim}),
         up({max_batch, config.hidden_dim}),
-        scores({n_threads, max_batch, max_seq_len}) {}
+        scores({n_threads, std::max(max_batch, config.group()), max_seq_len}) {}
 
   Tensor<float> xb;      // [max_batch, dim]: normed input, then each sublayer's output
   Tensor<float> q;       // [max_batch, n_heads * head_dim]
   Tensor<float> att;     // [max_batch, n_heads * head_dim]
   Tensor<float> gate;    // [max_batch, hidden_dim]
   Tensor<float> up;      // [max_batch, hidden_dim]
-  Tensor<float> scores;  // [n_threads, max_batch, max_seq_len]
+  Tensor<float> scores;  // [n_threads, max(max_batch, group), max_seq_len]
 };
 
 /// Runs one layer over tokens at positions [start_pos, start_pos + n_tokens), n_tokens = x.rows().

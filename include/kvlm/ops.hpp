@@ -47,7 +47,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
     total_rows += p.w.rows;
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
-                            [&](std::int64_t begin, std::int64_t end) {
+                            [&](std::int64_t begin, std::int64_t end, int /*thread*/) {
     std::int64_t first_row = 0;  // of the current product, in the concatenated rows
     for (const Product& p : products) {
       const std::int64_t lo = std::max(begin, first_row) - first_row;
