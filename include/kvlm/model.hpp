@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,10 +60,7 @@ class Model {
  private:
   static ModelFile load_model_file(const std::string& path) {
     char magic[4] = {};
-    {
-      const detail::MappedFile probe(path);
-      if (probe.size() >= 4) std::memcpy(magic, probe.data(), 4);
-    }
+    std::ifstream(path, std::ios::binary).read(magic, 4);  // unreadable: the loader says why
     if (std::memcmp(magic, "GGUF", 4) == 0) {
       throw Error(ErrorCode::kFormat, path + ": GGUF files are not supported by this version");
     }
