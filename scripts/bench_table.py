@@ -1,0 +1,49 @@
+"""Prints the README's benchmark table from one bench_decode JSON run (median of repetitions)."""
+import json
+import statistics
+import sys
+
+
+def main(path):
+    with open(path) as f:
+        run = json.load(f)
+    rows = {}
+    for b in run["benchmarks"]:
+        if b.get("aggregate_name") not in (None, "median"):
+            continue
+        name = b["run_name"]
+        if b.get("aggregate_name") == "median" or name not in rows:
+            rows[name] = b
+    ctx = run["context"]
+    print(f"Run on {ctx['num_cpus']} CPUs at {ctx['mhz_per_cpu']} MHz, {ctx['date']}.\n")
+
+    def get(name):
+        return rows.get(name)
+
+    print("| tokens after the 8-token prompt | cached tok/s | uncached tok/s | cached / uncached |")
+    print("|---:|---:|---:|---:|")
+    for n in (16, 32, 64, 128, 256):
+        c, u = get(f"BM_DecodeCached/{n}"), get(f"BM_DecodeUncached/{n}")
+        if c and u:
+            ci, ui = c["items_per_second"], u["items_per_second"]
+            print(f"| {n} | {ci:,.0f} | {ui:,.0f} | {ci / ui:.1f}x |")
+    print()
+    print("| attention step at start_pos | time (us) | K/V read (GB/s) |")
+    print("|---:|---:|---:|")
+    for p in (64, 256, 1024, 4096):
+        a = get(f"BM_AttentionStep/{p}")
+        if a:
+            print(f"| {p} | {a['real_time']:.1f} | {a['bytes_per_second'] / 1e9:.1f} |")
+    print()
+    bw = get("BM_ReadBandwidth/iterations:1/manual_time")
+    roof = get("BM_DecodeRoofline/real_time")
+    if bw and roof:
+        print("| stories110M shape, F32, decode | tok/s | roofline tok/s | fraction of roofline |")
+        print("|---|---:|---:|---:|")
+        print(f"| {roof['MB_per_token']:.0f} MB read per token, read bandwidth "
+              f"{bw['GB_per_s']:.1f} GB/s | {roof['items_per_second']:.1f} | "
+              f"{roof['roofline_tok_s']:.1f} | {roof['fraction_of_roofline']:.2f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "build/bench.json")
