@@ -20,10 +20,6 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kvlm/kvlm.hpp"
 #include "random_model.hpp"
 
@@ -37,14 +33,6 @@ std::string models_dir() {
 std::shared_ptr<const kvlm::Model> stories260k() {
   static const auto model = kvlm::Model::load(models_dir() + "/stories260K/stories260K.bin");
   return model;
-}
-
-int hardware_threads() {
-#ifdef _OPENMP
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
 }
 
 void add_context(benchmark::State& state, int n_threads) {
@@ -89,7 +77,7 @@ void BM_AttentionStep(benchmark::State& state) {
   const kvlm::AttentionShape shape{32, 4, 64};  // tinyllama-1.1b
   const int n_ctx = start_pos + 1;
   const int kv_dim = shape.n_kv_heads * shape.head_dim;
-  const int n_threads = hardware_threads();
+  const int n_threads = kvlm::detail::hardware_threads();
   kvlm::Tensor<float> q({1, shape.n_heads * shape.head_dim});
   kvlm::Tensor<float> keys({n_ctx, kv_dim}), values({n_ctx, kv_dim});
   kvlm::Tensor<float> scores({n_threads, shape.group(), n_ctx});
@@ -121,7 +109,7 @@ double measure_read_bandwidth() {
     for (int rep = 0; rep < 5; ++rep) {
       std::vector<float> partial(64, 0.0f);
       const auto start = std::chrono::steady_clock::now();
-      kvlm::detail::parallel_for_rows(n, n, hardware_threads(), 1 << 16,
+      kvlm::detail::parallel_for_rows(n, n, kvlm::detail::hardware_threads(), 1 << 16,
                                       [&](std::int64_t begin, std::int64_t end, int thread) {
         partial[thread] =
             Eigen::Map<const Eigen::VectorXf>(buffer.data() + begin, end - begin).sum();
@@ -140,7 +128,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
   for (auto _ : state) state.SetIterationTime(1.0 / measure_read_bandwidth());
   state.SetBytesProcessed(state.iterations());
   state.counters["GB_per_s"] = measure_read_bandwidth() / 1e9;
-  add_context(state, hardware_threads());
+  add_context(state, kvlm::detail::hardware_threads());
 }
 BENCHMARK(BM_ReadBandwidth)->UseManualTime()->Iterations(1);
 

@@ -486,6 +486,13 @@ TEST_F(Llama2c, TokenizerThatIsNotSentencePiece) {
   EXPECT_TRUE(throws_error([&] { Model::load(bin, bin); }, ErrorCode::kTokenizer, {bin}));
 }
 
+TEST_F(Llama2c, TokenizerOfAnotherVocabulary) {
+  KVLM_REQUIRE_MODEL(bin, "stories260K/stories260K.bin");
+  KVLM_REQUIRE_MODEL(llama2, "llama2-tokenizer/tokenizer.model");  // 32000 pieces, not 512
+  EXPECT_TRUE(throws_error([&] { Model::load(bin, llama2); }, ErrorCode::kTokenizer,
+                           {llama2, bin, "32000", "512"}));
+}
+
 TEST_F(Llama2c, Llama2cTokenizerBinIsNotSentencePiece) {
   KVLM_REQUIRE_MODEL(bin, "stories260K/stories260K.bin");
   KVLM_REQUIRE_MODEL(tok_bin, "stories260K/tok512.bin");  // llama2.c's own tokenizer layout

@@ -31,7 +31,12 @@ class Model {
                                            const std::string& tokenizer_path = {}) {
     std::optional<Tokenizer> tokenizer;
     if (!tokenizer_path.empty()) tokenizer.emplace(Tokenizer::load(tokenizer_path));
-    return from_file(load_model_file(model_path), std::move(tokenizer));
+    try {
+      return from_file(load_model_file(model_path), std::move(tokenizer));
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::kTokenizer) throw;
+      throw Error(e.code(), tokenizer_path + " does not fit " + model_path + ": " + e.what());
+    }
   }
 
   /// Builds a model from a loader's output, or from weights a host made itself.

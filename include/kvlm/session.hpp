@@ -18,12 +18,9 @@
 #include <utility>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kvlm/config.hpp"
 #include "kvlm/decoder_block.hpp"
+#include "kvlm/detail/parallel.hpp"
 #include "kvlm/detail/stop_strings.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/kv_cache.hpp"
@@ -83,7 +80,7 @@ class Session {
       : model_(checked(std::move(model), options)),
         config_(model_->config()),
         max_seq_len_(options.max_seq_len > 0 ? options.max_seq_len : config_.max_seq_len),
-        n_threads_(options.n_threads > 0 ? options.n_threads : hardware_threads()),
+        n_threads_(options.n_threads > 0 ? options.n_threads : detail::hardware_threads()),
         cache_mode_(options.cache_mode),
         // Recomputing runs the whole sequence as one batch, so its batch is the context.
         batch_(cache_mode_ == CacheMode::kRecompute ? max_seq_len_
@@ -253,14 +250,6 @@ class Session {
                   "n_threads = " + std::to_string(options.n_threads) + " must not be negative");
     }
     return model;
-  }
-
-  static int hardware_threads() {
-#ifdef _OPENMP
-    return omp_get_num_procs();
-#else
-    return 1;
-#endif
   }
 
   Span<const float> logits() const {

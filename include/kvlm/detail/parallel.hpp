@@ -24,6 +24,15 @@ namespace kvlm::detail {
 // so that running small work outside a region cannot start Eigen's own threads.
 constexpr std::int64_t kMinParallelWork = std::int64_t{1} << 16;
 
+// Cores of the machine: the thread count when the host does not choose one.
+inline int hardware_threads() {
+#ifdef _OPENMP
+  return omp_get_num_procs();
+#else
+  return 1;
+#endif
+}
+
 template <typename Fn>
 void parallel_for_rows(std::int64_t n_rows, std::int64_t work, int n_threads, std::int64_t grain,
                        Fn&& fn) {
