@@ -4,9 +4,12 @@
 //       stories260K; the uncached session re-runs the whole prefix at every step.
 //   BM_AttentionStep/<start_pos>  one cached attention step (tinyllama-1.1b's 32 query heads over
 //       4 KV heads of 64) at a growing position: its cost should grow linearly.
-//   BM_ReadBandwidth  this machine's sustained read bandwidth, measured in the same run.
-//   BM_DecodeRoofline  decode of a random-weight model of stories110M's shape (F32, ~420 MB of
-//       weights read per token), as a fraction of the bandwidth roofline measured above.
+//   BM_ReadBandwidth  this machine's sustained read bandwidth.
+//   BM_DecodeRoofline  decode of a random-weight model of stories110M's shape (F32, ~440 MB of
+//       weights read per token), as a fraction of the bandwidth roofline, with the bandwidth
+//       measured between its own timed iterations.
+//   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
+//   BM_Prefill/512  a 512-token prompt on that shape, as a fraction of the peak.
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
@@ -14,7 +17,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -44,15 +49,17 @@ kvlm::Token argmax(kvlm::Span<const float> logits) {
   return static_cast<kvlm::Token>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
-// n greedy tokens after the prompt; the prompt's prefill is outside the timing.
+// n greedy tokens after the prompt; the prompt's prefill, and `untimed` before each
+// iteration, are outside the timing.
 void decode(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
-            kvlm::CacheMode mode, int n_tokens) {
+            kvlm::CacheMode mode, int n_tokens, const std::function<void()>& untimed = {}) {
   kvlm::SessionOptions options;
   options.cache_mode = mode;
   kvlm::Session session(model, options);
   const std::vector<kvlm::Token> prompt = {1, 403, 407, 261, 378, 343, 404, 268};  // 8 tokens
   for (auto _ : state) {
     state.PauseTiming();
+    if (untimed) untimed();
     session.reset();
     kvlm::Span<const float> logits = session.prefill(prompt);
     state.ResumeTiming();
@@ -98,36 +105,45 @@ void BM_AttentionStep(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionStep)->RangeMultiplier(4)->Range(64, 4096)->Unit(benchmark::kMicrosecond);
 
-// Sustained read bandwidth: sums a 1 GiB buffer on every core. Measured once per run and reused
-// by BM_DecodeRoofline, so the fraction it reports compares numbers taken minutes apart at most.
-double measure_read_bandwidth() {
-  static const double bytes_per_second = [] {
-    const std::int64_t n = (std::int64_t{1} << 30) / sizeof(float);
-    kvlm::Tensor<float> buffer({n});
-    std::fill(buffer.data(), buffer.data() + n, 1.0f);
-    double best = 0.0;
-    for (int rep = 0; rep < 5; ++rep) {
-      std::vector<float> partial(64, 0.0f);
-      const auto start = std::chrono::steady_clock::now();
-      kvlm::detail::parallel_for_rows(n, n, kvlm::detail::hardware_threads(), 1 << 16,
-                                      [&](std::int64_t begin, std::int64_t end, int thread) {
-        partial[thread] =
-            Eigen::Map<const Eigen::VectorXf>(buffer.data() + begin, end - begin).sum();
-      });
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      benchmark::DoNotOptimize(partial.data());
-      best = std::max(best, static_cast<double>(n * sizeof(float)) / seconds);
-    }
-    return best;
+// Sustained read bandwidth: sums a 1 GiB buffer on every core with 4 independent 16-wide
+// accumulators (as ../shared/BENCHMARKS.md measures it); the best of `passes` passes.
+double read_bandwidth(int passes) {
+  constexpr int kAccumulators = 4, kLanes = 16, kStride = kAccumulators * kLanes;
+  const std::int64_t n = (std::int64_t{1} << 30) / sizeof(float);
+  static const kvlm::Tensor<float> buffer = [n] {
+    kvlm::Tensor<float> t({n});
+    std::fill(t.data(), t.data() + n, 1.0f);
+    return t;
   }();
-  return bytes_per_second;
+  std::vector<float> sink(64, 0.0f);
+  double best = 0.0;
+  for (int pass = 0; pass < passes; ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    kvlm::detail::parallel_for_rows(n, n, kvlm::detail::hardware_threads(), kStride * 1024,
+                                    [&](std::int64_t begin, std::int64_t end, int thread) {
+      float acc[kStride] = {};
+      for (std::int64_t i = begin; i < end; i += kStride) {
+#pragma omp simd
+        for (int l = 0; l < kStride; ++l) acc[l] += buffer.data()[i + l];
+      }
+      for (float a : acc) sink[thread] += a;
+    });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    benchmark::DoNotOptimize(sink.data());
+    best = std::max(best, static_cast<double>(n * sizeof(float)) / seconds);
+  }
+  return best;
 }
 
 void BM_ReadBandwidth(benchmark::State& state) {
-  for (auto _ : state) state.SetIterationTime(1.0 / measure_read_bandwidth());
+  double bytes_per_second = 0.0;
+  for (auto _ : state) {
+    bytes_per_second = read_bandwidth(10);
+    state.SetIterationTime(1.0 / bytes_per_second);
+  }
   state.SetBytesProcessed(state.iterations());
-  state.counters["GB_per_s"] = measure_read_bandwidth() / 1e9;
+  state.counters["GB_per_s"] = bytes_per_second / 1e9;
   add_context(state, kvlm::detail::hardware_threads());
 }
 BENCHMARK(BM_ReadBandwidth)->UseManualTime()->Iterations(1);
@@ -146,21 +162,105 @@ kvlm::ModelConfig stories110m_shape() {
   return c;
 }
 
-void BM_DecodeRoofline(benchmark::State& state) {
+std::shared_ptr<const kvlm::Model> stories110m() {
   static const auto model = kvlm::test::random_model(stories110m_shape(), 110);
+  return model;
+}
+
+void BM_DecodeRoofline(benchmark::State& state) {
+  const auto model = stories110m();
   const int n_tokens = 32;
-  decode(state, model, kvlm::CacheMode::kCached, n_tokens);
+  // The bandwidth of this shared machine drifts by tens of percent from minute to minute, so it
+  // is measured between the timed iterations, and the roofline uses the mean.
+  double bandwidth_sum = 0.0;
+  int probes = 0;
+  decode(state, model, kvlm::CacheMode::kCached, n_tokens, [&] {
+    bandwidth_sum += read_bandwidth(3);
+    ++probes;
+  });
   // Bytes a step reads: the weights (all but the embedding table) and the cache so far.
   const kvlm::ModelConfig& c = model->config();
   const double kv_bytes = 2.0 * c.n_layers * c.kv_dim() * sizeof(float) * (8 + n_tokens / 2);
   const double bytes_per_token = static_cast<double>(model->decode_weight_bytes()) + kv_bytes;
-  const double roofline_tok_s = measure_read_bandwidth() / bytes_per_token;
+  const double roofline_tok_s = bandwidth_sum / probes / bytes_per_token;
+  state.counters["GB_per_s"] = bandwidth_sum / probes / 1e9;
   state.counters["roofline_tok_s"] = roofline_tok_s;
   state.counters["fraction_of_roofline"] = benchmark::Counter(
       static_cast<double>(n_tokens) / roofline_tok_s, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["MB_per_token"] = bytes_per_token / 1e6;
 }
 BENCHMARK(BM_DecodeRoofline)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Peak float32 arithmetic: 12 independent chains of 16-wide fused multiply-adds on every core.
+// Measured once per run and reused by BM_Prefill.
+double measure_peak_flops() {
+  static const double flops_per_second = [] {
+    constexpr int kChains = 12, kLanes = 16;
+    constexpr std::int64_t kSteps = 20'000'000;
+    const int threads = kvlm::detail::hardware_threads();
+    std::vector<float> sink(64, 0.0f);
+    const auto start = std::chrono::steady_clock::now();
+    kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
+                                    [&](std::int64_t, std::int64_t, int thread) {
+      float acc[kChains][kLanes];
+      for (int k = 0; k < kChains; ++k) {
+        for (int l = 0; l < kLanes; ++l) acc[k][l] = 1.0f + 0.001f * (k + l + thread);
+      }
+      for (std::int64_t i = 0; i < kSteps; ++i) {
+        for (int k = 0; k < kChains; ++k) {
+#pragma omp simd
+          for (int l = 0; l < kLanes; ++l) acc[k][l] = std::fma(acc[k][l], 0.9999999f, 1e-7f);
+        }
+      }
+      for (int k = 0; k < kChains; ++k) {
+        for (int l = 0; l < kLanes; ++l) sink[thread] += acc[k][l];
+      }
+    });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    benchmark::DoNotOptimize(sink.data());
+    return 2.0 * kChains * kLanes * kSteps * threads / seconds;
+  }();
+  return flops_per_second;
+}
+
+void BM_PeakFlops(benchmark::State& state) {
+  for (auto _ : state) state.SetIterationTime(1.0 / measure_peak_flops());
+  state.counters["GFLOP_per_s"] = measure_peak_flops() / 1e9;
+  add_context(state, kvlm::detail::hardware_threads());
+}
+BENCHMARK(BM_PeakFlops)->UseManualTime()->Iterations(1);
+
+// Prefill of a 512-token prompt on the stories110M shape (llama.cpp's pp512), as tok/s and as a
+// fraction of the peak measured above. FLOPs count 2 per weight per token (the classifier's for
+// the last token only) and the causal half of attention's two products.
+void BM_Prefill(benchmark::State& state) {
+  const auto model = stories110m();
+  const int n_tokens = static_cast<int>(state.range(0));
+  std::vector<kvlm::Token> prompt(static_cast<std::size_t>(n_tokens));
+  for (int i = 0; i < n_tokens; ++i) prompt[i] = (i * 7919) % model->config().vocab_size;
+  kvlm::Session session(model, kvlm::SessionOptions{});
+  for (auto _ : state) {
+    session.reset();
+    benchmark::DoNotOptimize(session.prefill(prompt).data());
+  }
+  const kvlm::ModelConfig& c = model->config();
+  // The classifier runs for the last token only.
+  const double classifier_weights = static_cast<double>(c.vocab_size) * c.dim;
+  const double layer_weights =
+      static_cast<double>(model->decode_weight_bytes()) / sizeof(float) - classifier_weights;
+  const double weight_flops = 2.0 * (layer_weights * n_tokens + classifier_weights);
+  const double attention_flops = 2.0 * 2.0 * c.n_layers * c.n_heads * c.head_dim *
+                                 (n_tokens * (n_tokens + 1.0) / 2.0);
+  const double flops = weight_flops + attention_flops;
+  state.SetItemsProcessed(state.iterations() * n_tokens);
+  state.counters["GFLOP_per_s"] =
+      benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["fraction_of_peak"] = benchmark::Counter(
+      flops / measure_peak_flops(), benchmark::Counter::kIsIterationInvariantRate);
+  add_context(state, session.n_threads());
+}
+BENCHMARK(BM_Prefill)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -35,14 +35,22 @@ def main(path):
         if a:
             print(f"| {p} | {a['real_time']:.1f} | {a['bytes_per_second'] / 1e9:.1f} |")
     print()
-    bw = get("BM_ReadBandwidth/iterations:1/manual_time")
     roof = get("BM_DecodeRoofline/real_time")
-    if bw and roof:
+    if roof:
         print("| stories110M shape, F32, decode | tok/s | roofline tok/s | fraction of roofline |")
         print("|---|---:|---:|---:|")
         print(f"| {roof['MB_per_token']:.0f} MB read per token, read bandwidth "
-              f"{bw['GB_per_s']:.1f} GB/s | {roof['items_per_second']:.1f} | "
+              f"{roof['GB_per_s']:.1f} GB/s | {roof['items_per_second']:.1f} | "
               f"{roof['roofline_tok_s']:.1f} | {roof['fraction_of_roofline']:.2f} |")
+    peak = get("BM_PeakFlops/iterations:1/manual_time")
+    prefill = get("BM_Prefill/512/real_time")
+    if peak and prefill:
+        print()
+        print("| stories110M shape, F32, 512-token prefill | tok/s | GFLOP/s | fraction of peak |")
+        print("|---|---:|---:|---:|")
+        print(f"| peak FMA rate {peak['GFLOP_per_s']:.0f} GFLOP/s | "
+              f"{prefill['items_per_second']:,.0f} | {prefill['GFLOP_per_s']:.0f} | "
+              f"{prefill['fraction_of_peak']:.2f} |")
 
 
 if __name__ == "__main__":
