@@ -109,8 +109,8 @@ BENCHMARK(BM_AttentionStep)->RangeMultiplier(4)->Range(64, 4096)->Unit(benchmark
 // accumulators (as ../shared/BENCHMARKS.md measures it); the best of `passes` passes.
 double read_bandwidth(int passes) {
   constexpr int kAccumulators = 4, kLanes = 16, kStride = kAccumulators * kLanes;
-  const std::int64_t n = (std::int64_t{1} << 30) / sizeof(float);
-  static const kvlm::Tensor<float> buffer = [n] {
+  constexpr std::int64_t n = (std::int64_t{1} << 30) / sizeof(float);
+  static const kvlm::Tensor<float> buffer = [] {
     kvlm::Tensor<float> t({n});
     std::fill(t.data(), t.data() + n, 1.0f);
     return t;
