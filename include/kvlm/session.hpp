@@ -91,6 +91,7 @@ class Session {
         scratch_(config_, batch_, max_seq_len_, n_threads_),
         logits_({config_.vocab_size}) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
+    detail::start_threads(n_threads_);
   }
 
   Session(Session&&) noexcept = default;

@@ -33,6 +33,18 @@ inline int hardware_threads() {
 #endif
 }
 
+// Starts OpenMP's threads (a few milliseconds the first time), so that the first forward pass
+// of a session does not pay for it.
+inline void start_threads(int n_threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+  {
+  }
+#else
+  (void)n_threads;
+#endif
+}
+
 template <typename Fn>
 void parallel_for_rows(std::int64_t n_rows, std::int64_t work, int n_threads, std::int64_t grain,
                        Fn&& fn) {
