@@ -178,9 +178,7 @@ class Session {
         result.stop_reason = StopReason::kContextFull;
         break;
       }
-      const std::size_t recent = std::min<std::size_t>(
-          tokens_.size(), static_cast<std::size_t>(std::max(options.sampler.repeat_last_n, 0)));
-      const Token token = sampler.sample(next, Span<const Token>(tokens_.data() + tokens_.size() - recent, recent));
+      const Token token = sampler.sample(next, tokens_);  // it penalises the last repeat_last_n
       if (token == tokenizer.eos() || token == tokenizer.bos()) {
         result.stop_reason = StopReason::kEndOfSequence;
         break;
