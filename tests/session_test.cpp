@@ -219,14 +219,22 @@ TEST(StopStrings, HoldsBackOnlyWhatMayStartAStop) {
   EXPECT_EQ(all, "xxab");
 }
 
-class RealModel : public ::testing::TestWithParam<const char*> {};
+// A model file from the shared folder (the parameter) with tok512, and the reference story.
+class RealModel : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    KVLM_REQUIRE_MODEL(bin, GetParam());
+    KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
+    KVLM_REQUIRE_MODEL(ref, "stories260K/greedy-bos-256.txt");
+    model = Model::load(bin, tok);
+    story = read_text(ref);
+  }
+  std::shared_ptr<const Model> model;
+  std::string story;
+};
 
 TEST_P(RealModel, CachedEqualsRecomputedAtEveryPosition) {
-  KVLM_REQUIRE_MODEL(bin, GetParam());
-  KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
-  KVLM_REQUIRE_MODEL(ref, "stories260K/greedy-bos-256.txt");
-  const auto model = Model::load(bin, tok);
-  const std::vector<Token> tokens = story_tokens(*model, read_text(ref), 64);
+  const std::vector<Token> tokens = story_tokens(*model, story, 64);
   ASSERT_EQ(tokens.size(), 64u);
 
   Session cached(model, SessionOptions{});
@@ -243,11 +251,7 @@ TEST_P(RealModel, CachedEqualsRecomputedAtEveryPosition) {
 }
 
 TEST_P(RealModel, MatchesDoublePrecisionReference) {
-  KVLM_REQUIRE_MODEL(bin, GetParam());
-  KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
-  KVLM_REQUIRE_MODEL(ref, "stories260K/greedy-bos-256.txt");
-  const auto model = Model::load(bin, tok);
-  const std::vector<Token> tokens = story_tokens(*model, read_text(ref), 24);
+  const std::vector<Token> tokens = story_tokens(*model, story, 24);
   const std::vector<double> expected = test::reference_logits(*model, tokens);
   Session session(model, SessionOptions{});
   const int vocab = model->config().vocab_size;
