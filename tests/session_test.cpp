@@ -125,6 +125,17 @@ TEST_F(Stories260K, GenerateContinuesAcrossCallsAndAfterRewind) {
   EXPECT_EQ(std::vector<Token>(rewound.tokens().begin(), rewound.tokens().end()), expected);
 }
 
+TEST_F(Stories260K, GenerateContinuesAfterPrefillOrEvaluate) {
+  const std::vector<Token> prompt = model_->tokenizer().encode("Once upon a time", true);
+  Session prefilled(model_, SessionOptions{});
+  prefilled.prefill(prompt);
+  const std::string expected = generate_in_calls(prefilled, {40});
+  Session evaluated(model_, SessionOptions{});
+  Tensor<float> logits({static_cast<std::int64_t>(prompt.size()), model_->config().vocab_size});
+  evaluated.evaluate(prompt, logits.view());
+  EXPECT_EQ(generate_in_calls(evaluated, {40}), expected);
+}
+
 TEST_F(Stories260K, StopStringEndsTheTextJustBeforeIt) {
   Session session(model_, SessionOptions{});
   GenerateOptions options;

@@ -126,6 +126,8 @@ class Session {
     }
     append(tokens);
     run(static_cast<int>(tokens.size()), static_cast<int>(tokens.size()), logits);
+    // Keep the last row too, so that generate() can continue from here.
+    std::copy_n(logits.row(logits.rows() - 1), config_.vocab_size, logits_.data());
   }
 
   /// Tokenizes `prompt` (with BOS when the session is empty), runs it, then samples up to
