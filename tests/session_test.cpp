@@ -213,6 +213,25 @@ TEST_F(Stories260K, SeededSamplingIsTheSameOnEveryRunAndThreadCount) {
   EXPECT_NE(text, texts[0]);
 }
 
+TEST(SessionSampling, SameTokensOnOneAndTwoThreadsWhereWorkIsSplit) {
+  // tinygqa (dim 256) is large enough that matmul and attention really run on two threads.
+  KVLM_REQUIRE_MODEL(bin, "tinygqa/tinygqa.bin");
+  KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
+  const auto model = Model::load(bin, tok);
+  GenerateOptions options;
+  options.max_new_tokens = 100;
+  options.sampler.seed = 99;
+  std::vector<std::vector<Token>> runs;
+  for (int threads : {1, 2}) {
+    SessionOptions so;
+    so.n_threads = threads;
+    Session session(model, so);
+    session.generate("Once upon a time", options, nullptr);
+    runs.emplace_back(session.tokens().begin(), session.tokens().end());
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+}
+
 TEST(StopStrings, HoldsBackOnlyWhatMayStartAStop) {
   detail::StopStrings stops({"<end>", "\n\n"});
   std::string out;
