@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvlm/detail/read_file.hpp"
 #include "kvlm/error.hpp"
 
 namespace examples {
@@ -65,13 +66,8 @@ inline float parse_float(const std::string& flag, const std::string& text, float
   return v;
 }
 
-inline std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw kvlm::Error(kvlm::ErrorCode::kIo, path + ": cannot open");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw kvlm::Error(kvlm::ErrorCode::kIo, path + ": cannot read");
-  return ss.str();
+inline bool has_suffix(const std::string& s, const std::string& suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // The tokenizer to use with `model_path` when none was given: tokenizer.model beside the model,
@@ -89,7 +85,7 @@ inline std::string find_tokenizer(const std::string& model_path) {
   if (DIR* d = opendir(dir.c_str())) {
     while (const dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name.size() > 6 && name.compare(name.size() - 6, 6, ".model") == 0) found.push_back(name);
+      if (has_suffix(name, ".model")) found.push_back(name);
     }
     closedir(d);
   }

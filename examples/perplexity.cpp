@@ -41,7 +41,7 @@ int run(int argc, char** argv) {
   const auto model = kvlm::Model::load(model_path, tokenizer_path);
   if (context == 0) context = model->config().max_seq_len;
   const std::vector<kvlm::Token> tokens =
-      model->tokenizer().encode(examples::read_file(text_path), true);
+      model->tokenizer().encode(kvlm::detail::read_file(text_path), true);
   std::ofstream logits_out;
   if (!logits_path.empty()) {
     logits_out.open(logits_path, std::ios::binary | std::ios::trunc);

@@ -23,14 +23,14 @@ int run(int argc, char** argv) {
     if (flag == "-m") path = args.value(flag);
     else if (flag == "--no-bos") add_bos = false;
     else if (flag == "-p" && !have_text) { text = args.value(flag); have_text = true; }
-    else if (flag == "-f" && !have_text) { text = examples::read_file(args.value(flag)); have_text = true; }
+    else if (flag == "-f" && !have_text) { text = kvlm::detail::read_file(args.value(flag)); have_text = true; }
     else if (flag == "-p" || flag == "-f") throw examples::UsageError("give one of -p and -f, once");
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }
     else throw examples::UsageError("unknown argument '" + flag + "'");
   }
   if (path.empty()) throw examples::UsageError("-m MODEL_OR_TOKENIZER is required");
   if (!have_text) throw examples::UsageError("give the text with -p or -f");
-  const bool is_tokenizer = path.size() > 6 && path.compare(path.size() - 6, 6, ".model") == 0;
+  const bool is_tokenizer = examples::has_suffix(path, ".model");
   const kvlm::Tokenizer tokenizer =
       kvlm::Tokenizer::load(is_tokenizer ? path : examples::find_tokenizer(path));
   const std::vector<kvlm::Token> ids = tokenizer.encode(text, add_bos);

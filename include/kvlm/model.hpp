@@ -99,7 +99,7 @@ class Model {
     classifier_ = config_.shared_classifier
                       ? token_embedding_
                       : matrix(file, "output.weight", config_.vocab_size, dim);
-    decode_weight_bytes_ += classifier_.byte_size() + (2 * config_.n_layers + 1) * dim * 4;
+    decode_weight_bytes_ += classifier_.byte_size() + (2 * config_.n_layers + 1) * dim * sizeof(float);
     if (tokenizer_ && tokenizer_->vocab_size() != config_.vocab_size) {
       throw Error(ErrorCode::kTokenizer,
                   "tokenizer has " + std::to_string(tokenizer_->vocab_size()) +

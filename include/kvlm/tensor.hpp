@@ -22,10 +22,6 @@ namespace kvlm {
 
 template <typename T>
 using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using MatrixMap = Eigen::Map<RowMajorMatrix<T>, Eigen::Unaligned>;
-template <typename T>
-using ConstMatrixMap = Eigen::Map<const RowMajorMatrix<T>, Eigen::Unaligned>;
 
 /// A row-major view of rank 1 to 3. The last dimension is contiguous; rows() folds all the
 /// others, so a [n_tokens, n_heads, head_dim] view is also a [n_tokens * n_heads, head_dim] matrix.

@@ -22,7 +22,6 @@
 
 #include <array>
 #include <cstddef>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,6 +30,7 @@
 #include <vector>
 
 #include "kvlm/config.hpp"
+#include "kvlm/detail/read_file.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/span.hpp"
 
@@ -47,21 +47,6 @@ struct TokenText {
   bool drops_space = false;  // at the start of a sequence SentencePiece drops text[0] (a '▁')
 };
 
-inline std::string read_tokenizer_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file.is_open()) {
-    throw Error(ErrorCode::kIo, "tokenizer: cannot open '" + path + "'");
-  }
-  std::string bytes;
-  std::array<char, 1 << 16> chunk;
-  while (file.read(chunk.data(), chunk.size()) || file.gcount() > 0) {
-    bytes.append(chunk.data(), static_cast<std::size_t>(file.gcount()));
-  }
-  if (file.bad()) {  // e.g. the path is a directory
-    throw Error(ErrorCode::kIo, "tokenizer: cannot read '" + path + "'");
-  }
-  return bytes;
-}
 
 // The byte of a byte-fallback piece "<0xNN>", or -1 if `piece` is not spelled that way.
 inline int parse_byte_piece(const std::string& piece) {
@@ -187,7 +172,7 @@ class StreamingDecoder {
 };
 
 inline Tokenizer Tokenizer::load(const std::string& path) {
-  const std::string bytes = detail::read_tokenizer_file(path);
+  const std::string bytes = detail::read_file(path);
   auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const sentencepiece::util::Status status = processor->LoadFromSerializedProto(bytes);
   if (!status.ok()) {
