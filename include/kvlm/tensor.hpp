@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "kvlm/detail/assert.hpp"
+#include "kvlm/dtype.hpp"
 
 namespace kvlm {
 
@@ -120,24 +121,6 @@ class Tensor {
   TensorView<T> view_;
 };
 
-/// The element type of a weight matrix as stored. Kernels dispatch on it; loaders never convert.
-enum class DType { kF32 };
-
-inline const char* to_string(DType dtype) {
-  switch (dtype) {
-    case DType::kF32: return "F32";
-  }
-  return "unknown";
-}
-
-/// Bytes one row of `cols` elements of `dtype` occupies.
-inline std::size_t row_bytes(DType dtype, std::int64_t cols) {
-  switch (dtype) {
-    case DType::kF32: return static_cast<std::size_t>(cols) * sizeof(float);
-  }
-  return 0;
-}
-
 /// A weight matrix as stored: [rows, cols] elements of `dtype`, row-major, rows = outputs and
 /// cols = inputs (y = W x). A vector (a norm's weights) is [1, n]. Does not own `data`.
 struct WeightView {
@@ -147,6 +130,10 @@ struct WeightView {
   const void* data = nullptr;
 
   std::size_t byte_size() const { return static_cast<std::size_t>(rows) * row_bytes(dtype, cols); }
+  /// Row r's bytes: row_bytes(dtype, cols) of them.
+  const std::byte* row(std::int64_t r) const {
+    return static_cast<const std::byte*>(data) + static_cast<std::size_t>(r) * row_bytes(dtype, cols);
+  }
 
   /// The matrix as floats; valid only for kF32.
   TensorView<const float> f32() const {
