@@ -13,19 +13,38 @@
 //   output_norm.weight                     [1, dim]
 //   output.weight                          [vocab_size, dim], absent when the classifier is shared
 
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "kvlm/config.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
 
+/// A tokenizer as a GGUF file embeds it (the tokenizer.ggml.* keys), validated by the loader:
+/// the three arrays have one entry per token and every special id is in [0, tokens.size()) or -1.
+struct TokenizerVocab {
+  std::string model;                     // tokenizer.ggml.model: "llama" is SentencePiece
+  std::vector<std::string> tokens;       // [n_vocab] the pieces, '▁' for a space
+  std::vector<float> scores;             // [n_vocab] merge priority (higher merges first)
+  std::vector<std::int32_t> token_types; // [n_vocab] SentencePiece's piece types: 1 normal,
+                                         // 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+  std::int32_t bos = -1, eos = -1, unk = -1, pad = -1;  // -1: none
+  bool add_bos = true;                   // tokenizer.ggml.add_bos_token
+  bool add_eos = false;                  // tokenizer.ggml.add_eos_token
+  bool add_space_prefix = true;          // tokenizer.ggml.add_space_prefix
+  bool remove_extra_whitespaces = false; // tokenizer.ggml.remove_extra_whitespaces
+};
+
 struct ModelFile {
   ModelConfig config;                        // validated by the loader
   std::map<std::string, WeightView> weights;  // by GGUF tensor name
   std::shared_ptr<const void> storage;        // owns the memory the views point into
+  std::optional<TokenizerVocab> vocab;        // the tokenizer the file embeds, if any
 };
 
 }  // namespace kvlm
