@@ -162,6 +162,8 @@ inline ModelFile load_llama2c(const std::string& path) {
                     std::to_string(file->size()) + " bytes, tensors end at " +
                     std::to_string(cursor.offset()) + ")");
   }
+  out.format = v1 ? "llama2.c (version 1)" : "llama2.c (legacy)";
+  out.file_bytes = file->size();
   out.storage = std::move(file);
   return out;
 }
