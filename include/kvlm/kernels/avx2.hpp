@@ -1,0 +1,401 @@
+#pragma once
+// AVX2 kernels (with FMA and F16C: Intel Haswell and later, AMD Zen and later). Every function
+// carries its target attribute, so this header compiles in a host built without -march flags;
+// kernels/kernels.hpp calls these only on a CPU that has the features. Each kernel has a scalar
+// twin in kernels/scalar.hpp; row and block layouts are described there and in dtype.hpp.
+//
+// A gemv computes y[r] = row r · x for kRowStep rows at a time, so that each load of the
+// activation feeds kRowStep rows, with one accumulator per row; the rows left over go one by one.
+// On matrices too large to stay in cache, it prefetches the next group of rows while reading one,
+// as kernels/avx512.hpp explains.
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kvlm/dtype.hpp"
+
+#define KVLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace kvlm::kernels::avx2 {
+
+constexpr int kRowStep = 4;
+
+// Matrices from this size on are prefetched: well beyond a core's L2 (kernels/avx512.hpp).
+constexpr std::int64_t kPrefetchMinBytes = std::int64_t{4} << 20;
+
+// How far ahead, in elements (or blocks), the group of rows starting at row r prefetches: the
+// next group, or 0 (no prefetching) for the last group and for matrices small enough to stay in
+// cache. row_size: elements (or blocks) per row.
+inline std::int64_t prefetch_distance(std::int64_t r, std::int64_t rows, std::int64_t row_size,
+                                      std::int64_t bytes) {
+  const bool next_group = r + 2 * kRowStep <= rows;
+  return bytes >= kPrefetchMinBytes && next_group ? kRowStep * row_size : 0;
+}
+
+// Prefetches the cache line at p into L2.
+template <typename T>
+void prefetch_l2(const T* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+}
+
+KVLM_TARGET_AVX2 inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+KVLM_TARGET_AVX2 inline float horizontal_max(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// --- Float weights (F32, F16, BF16) times a float activation ------------------------------------
+
+// How each float type loads 8 elements as floats, and converts one (for the last cols % 8).
+struct F32 {
+  using Element = float;
+  KVLM_TARGET_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static float to_float(float v) { return v; }
+};
+
+struct F16 {
+  using Element = std::uint16_t;
+  KVLM_TARGET_AVX2 static __m256 load(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static float to_float(std::uint16_t h) { return fp16_to_fp32(h); }
+};
+
+struct BF16 {
+  using Element = std::uint16_t;
+  // A bfloat16 is the top half of a float32: widen to 32 bits and shift into place.
+  KVLM_TARGET_AVX2 static __m256 load(const std::uint16_t* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static float to_float(std::uint16_t h) { return bf16_to_fp32(h); }
+};
+
+// y[0, kRows) = w · x; w: [kRows, cols] of Type, x: [cols]. Prefetches from w + ahead on unless
+// ahead is 0.
+template <typename Type, int kRows>
+KVLM_TARGET_AVX2 inline void gemv_float_rows(const typename Type::Element* w, std::int64_t cols,
+                                             const float* x, float* y, std::int64_t ahead) {
+  constexpr int kPerLine = 64 / sizeof(typename Type::Element);  // 16 or 32 elements
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kPerLine <= cols; i += kPerLine) {  // a cache line of each row
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) prefetch_l2(w + r * cols + i + ahead);
+    }
+    for (int k = 0; k < kPerLine; k += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + i + k);
+      for (int r = 0; r < kRows; ++r) {
+        acc[r] = _mm256_fmadd_ps(Type::load(w + r * cols + i + k), xv, acc[r]);
+      }
+    }
+  }
+  for (; i + 8 <= cols; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm256_fmadd_ps(Type::load(w + r * cols + i), xv, acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float sum = horizontal_sum(acc[r]);
+    for (std::int64_t j = i; j < cols; ++j) sum += Type::to_float(w[r * cols + j]) * x[j];
+    y[r] = sum;
+  }
+}
+
+// y = W x; w: [rows, cols] of Type, x: [cols] floats, y: [rows].
+template <typename Type>
+KVLM_TARGET_AVX2 inline void gemv_float(const void* w, std::int64_t rows, std::int64_t cols,
+                                        const void* x, float* y) {
+  const auto* wt = static_cast<const typename Type::Element*>(w);
+  const auto* xf = static_cast<const float*>(x);
+  const std::int64_t bytes = rows * cols * static_cast<std::int64_t>(sizeof(*wt));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, cols, bytes);
+    gemv_float_rows<Type, kRowStep>(wt + r * cols, cols, xf, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_float_rows<Type, 1>(wt + r * cols, cols, xf, y + r, 0);
+}
+
+// --- Quantized weights (Q8_0, Q4_0) ------------------------------------------------------------
+// Each Kernel below adds block column b of kRows rows (stride blocks apart) times the activation
+// into acc[kRows]: 8 float lanes per row, summed at the end.
+
+// The 32 q + 8 (in [0, 15]) of a Q4_0 block in element order: low nibbles, then high nibbles.
+KVLM_TARGET_AVX2 inline __m256i load_q4_0(const BlockQ4_0& b) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(packed),
+                                               _mm_srli_epi16(packed, 4), 1);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+KVLM_TARGET_AVX2 inline __m256i load_q8_0(const BlockQ8_0& b) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+
+// Q8_0 weights times a quantized activation (BlockQ8_0).
+struct Q8_0TimesQ8 {
+  using Block = BlockQ8_0;
+  using Activation = BlockQ8_0;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const BlockQ8_0* w, std::int64_t stride, const BlockQ8_0* x,
+                                    std::int64_t b, __m256* acc) {
+    const __m256i xq = load_q8_0(x[b]);
+    const float dx = _cvtsh_ss(x[b].d);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_0& wb = w[r * stride + b];
+      const __m256i wq = load_q8_0(wb);
+      // maddubs multiplies unsigned by signed bytes: |w| times x with w's sign, which cannot
+      // overflow since x is never -128; adjacent pairs summed to int16 (at most 2 * 128 * 127).
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xq, wq));
+      const __m256i sums = _mm256_madd_epi16(pairs, ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(_cvtsh_ss(wb.d) * dx),
+                               acc[r]);
+    }
+  }
+};
+
+// Q4_0 weights times a quantized activation (BlockQ8_0).
+struct Q4_0TimesQ8 {
+  using Block = BlockQ4_0;
+  using Activation = BlockQ8_0;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const BlockQ4_0* w, std::int64_t stride, const BlockQ8_0* x,
+                                    std::int64_t b, __m256* acc) {
+    const __m256i xq = load_q8_0(x[b]);
+    const float dx = _cvtsh_ss(x[b].d);
+    const __m256i ones = _mm256_set1_epi16(1);
+    // The weights are stored as q + 8: subtracting 8 * (x[j] + x[j + 1]) from each pair's sum
+    // takes the 8 off.
+    const __m256i offset = _mm256_maddubs_epi16(_mm256_set1_epi8(8), xq);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ4_0& wb = w[r * stride + b];
+      const __m256i pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(load_q4_0(wb), xq), offset);
+      const __m256i sums = _mm256_madd_epi16(pairs, ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(_cvtsh_ss(wb.d) * dx),
+                               acc[r]);
+    }
+  }
+};
+
+// Q8_0 weights times a float activation, dequantized in registers.
+struct Q8_0TimesF32 {
+  using Block = BlockQ8_0;
+  using Activation = float;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const BlockQ8_0* w, std::int64_t stride, const float* x,
+                                    std::int64_t b, __m256* acc) {
+    const float* xb = x + b * BlockQ8_0::kSize;
+    __m256 xv[4];
+    for (int k = 0; k < 4; ++k) xv[k] = _mm256_loadu_ps(xb + 8 * k);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_0& wb = w[r * stride + b];
+      __m256 qx = _mm256_setzero_ps();
+      for (int k = 0; k < 4; ++k) {
+        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wb.qs + 8 * k));
+        qx = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), xv[k], qx);
+      }
+      acc[r] = _mm256_fmadd_ps(qx, _mm256_set1_ps(_cvtsh_ss(wb.d)), acc[r]);
+    }
+  }
+};
+
+// Q4_0 weights times a float activation, dequantized in registers.
+struct Q4_0TimesF32 {
+  using Block = BlockQ4_0;
+  using Activation = float;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const BlockQ4_0* w, std::int64_t stride, const float* x,
+                                    std::int64_t b, __m256* acc) {
+    const float* xb = x + b * BlockQ4_0::kSize;
+    __m256 xv[4];
+    for (int k = 0; k < 4; ++k) xv[k] = _mm256_loadu_ps(xb + 8 * k);
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ4_0& wb = w[r * stride + b];
+      __m256 qx = _mm256_setzero_ps();
+      for (int k = 0; k < 2; ++k) {  // bytes 8k .. 8k + 7: elements 8k.. (low) and 16 + 8k.. (high)
+        const __m256i bytes = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(wb.qs + 8 * k)));
+        const __m256i low = _mm256_sub_epi32(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F)), eight);
+        const __m256i high = _mm256_sub_epi32(_mm256_srli_epi32(bytes, 4), eight);
+        qx = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), xv[k], qx);
+        qx = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), xv[k + 2], qx);
+      }
+      acc[r] = _mm256_fmadd_ps(qx, _mm256_set1_ps(_cvtsh_ss(wb.d)), acc[r]);
+    }
+  }
+};
+
+// y[0, kRows) = w · x; w: [kRows, n_blocks] blocks, x: the activation of n_blocks blocks.
+// Prefetches from w + ahead on unless ahead is 0, every other block (about a cache line).
+template <typename Kernel, int kRows>
+KVLM_TARGET_AVX2 inline void gemv_blocks_rows(const typename Kernel::Block* w, std::int64_t n_blocks,
+                                              const typename Kernel::Activation* x, float* y,
+                                              std::int64_t ahead) {
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  std::int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) prefetch_l2(w + r * n_blocks + b + ahead);
+    }
+    Kernel::template step<kRows>(w, n_blocks, x, b, acc);
+    Kernel::template step<kRows>(w, n_blocks, x, b + 1, acc);
+  }
+  if (b < n_blocks) Kernel::template step<kRows>(w, n_blocks, x, b, acc);
+  for (int r = 0; r < kRows; ++r) y[r] = horizontal_sum(acc[r]);
+}
+
+// y = W x; w: [rows, cols] of Kernel::Block, x: [cols] as Kernel::Activation, y: [rows].
+template <typename Kernel>
+KVLM_TARGET_AVX2 inline void gemv_blocks(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  const auto* wb = static_cast<const typename Kernel::Block*>(w);
+  const auto* xa = static_cast<const typename Kernel::Activation*>(x);
+  const std::int64_t n_blocks = cols / Kernel::Block::kSize;
+  const std::int64_t bytes = rows * n_blocks * static_cast<std::int64_t>(sizeof(*wb));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, n_blocks, bytes);
+    gemv_blocks_rows<Kernel, kRowStep>(wb + r * n_blocks, n_blocks, xa, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_blocks_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
+}
+
+// --- The kernels: gemv(w: [rows, cols], x, y: [rows]) and to_float(row: [n], out: [n]) ---------
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                      const void* x, float* y) {
+  gemv_float<F32>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_f16(const void* w, std::int64_t rows, std::int64_t cols,
+                                      const void* x, float* y) {
+  gemv_float<F16>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_bf16(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_float<BF16>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 32] BlockQ8_0, from quantize_activation.
+KVLM_TARGET_AVX2 inline void gemv_q8_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_blocks<Q8_0TimesQ8>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 32] BlockQ8_0, from quantize_activation.
+KVLM_TARGET_AVX2 inline void gemv_q4_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_blocks<Q4_0TimesQ8>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_q8_0_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  gemv_blocks<Q8_0TimesF32>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_q4_0_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  gemv_blocks<Q4_0TimesF32>(w, rows, cols, x, y);
+}
+
+template <typename Type>
+KVLM_TARGET_AVX2 inline void to_float_16bit(const void* row, float* out, std::int64_t n) {
+  const auto* h = static_cast<const std::uint16_t*>(row);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, Type::load(h + i));
+  for (; i < n; ++i) out[i] = Type::to_float(h[i]);
+}
+
+KVLM_TARGET_AVX2 inline void to_float_f16(const void* row, float* out, std::int64_t n) {
+  to_float_16bit<F16>(row, out, n);
+}
+
+KVLM_TARGET_AVX2 inline void to_float_bf16(const void* row, float* out, std::int64_t n) {
+  to_float_16bit<BF16>(row, out, n);
+}
+
+/// d * q in float, exactly as the scalar twin.
+KVLM_TARGET_AVX2 inline void to_float_q8_0(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const BlockQ8_0*>(row);
+  for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
+    for (int k = 0; k < 4; ++k) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blocks[b].qs + 8 * k));
+      _mm256_storeu_ps(out + b * BlockQ8_0::kSize + 8 * k,
+                       _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+    }
+  }
+}
+
+/// d * (q - 8) in float, exactly as the scalar twin.
+KVLM_TARGET_AVX2 inline void to_float_q4_0(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const BlockQ4_0*>(row);
+  const __m256i eight = _mm256_set1_epi32(8);
+  for (std::int64_t b = 0; b < n / BlockQ4_0::kSize; ++b) {
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
+    float* o = out + b * BlockQ4_0::kSize;
+    for (int k = 0; k < 2; ++k) {  // bytes 8k .. 8k + 7: elements 8k.. (low) and 16 + 8k.. (high)
+      const __m256i bytes = _mm256_cvtepu8_epi32(
+          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blocks[b].qs + 8 * k)));
+      const __m256i low = _mm256_sub_epi32(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F)), eight);
+      const __m256i high = _mm256_sub_epi32(_mm256_srli_epi32(bytes, 4), eight);
+      _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(low)));
+      _mm256_storeu_ps(o + 16 + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(high)));
+    }
+  }
+}
+
+/// scalar::quantize_activation, bit for bit: x: [n], out: [n / 32].
+KVLM_TARGET_AVX2 inline void quantize_activation(const float* x, BlockQ8_0* out, std::int64_t n) {
+  constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(x + b * BlockQ8_0::kSize + 8 * k);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+    }
+    const float d = horizontal_max(amax) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = fp32_to_fp16(d);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+      q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], _mm256_set1_ps(id)), kNearestEven));
+    }
+    // Packing works within 128-bit lanes: the bytes come out as the block's 4-byte groups
+    // 0, 2, 4, 6, 1, 3, 5, 7, and the permutation puts them back in order.
+    const __m256i q16_01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i q16_23 = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i q8 = _mm256_packs_epi16(q16_01, q16_23);
+    const __m256i ordered = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), ordered);
+  }
+}
+
+}  // namespace kvlm::kernels::avx2

@@ -1,0 +1,464 @@
+#pragma once
+// AVX-512 kernels (F, BW, VL and VNNI: Intel Ice Lake and later, AMD Zen 4 and later, which also
+// have the AVX2, FMA and F16C used here). Every function carries its target attribute, so this
+// header compiles in a host built without -march flags; kernels/kernels.hpp calls these only on a
+// CPU that has the features. Each kernel has a scalar twin in kernels/scalar.hpp; row and block
+// layouts are described there and in dtype.hpp.
+//
+// A gemv computes y[r] = row r · x for kRowStep rows at a time, so that each load of the
+// activation feeds kRowStep rows, with one accumulator per row; the rows left over go one by one.
+// Reading a group of rows side by side makes kRowStep short sequential streams (a 4096-column
+// Q4_0 row is 36 cache lines), too short for the hardware prefetcher to ramp up on; so while it
+// reads one group, a gemv over a matrix too large to stay in cache prefetches the next group into
+// L2 (4096 x 4096 Q4_0 from DRAM, one Zen 5 core: 9 -> about 28 GB/s). On a matrix that stays in
+// cache the prefetches would only cost load slots.
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "kvlm/dtype.hpp"
+
+// GCC 12.1 and 12.2 report a use of an uninitialised value inside their own AVX-512 intrinsics
+// (GCC bug 105593, fixed in 12.3 and 13) wherever one is inlined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#define KVLM_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+namespace kvlm::kernels::avx512 {
+
+constexpr int kRowStep = 4;
+
+// Matrices from this size on are prefetched (see above): well beyond a core's L2 (1 or 2 MiB).
+constexpr std::int64_t kPrefetchMinBytes = std::int64_t{4} << 20;
+
+// How far ahead, in elements (or blocks), the group of rows starting at row r prefetches: the
+// next group, or 0 (no prefetching) for the last group and for matrices small enough to stay in
+// cache. row_size: elements (or blocks) per row.
+inline std::int64_t prefetch_distance(std::int64_t r, std::int64_t rows, std::int64_t row_size,
+                                      std::int64_t bytes) {
+  const bool next_group = r + 2 * kRowStep <= rows;
+  return bytes >= kPrefetchMinBytes && next_group ? kRowStep * row_size : 0;
+}
+
+KVLM_TARGET_AVX512 inline float horizontal_sum(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 s = _mm512_castps512_ps128(v);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+KVLM_TARGET_AVX512 inline float horizontal_max(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 s = _mm512_castps512_ps128(v);
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Prefetches the cache line at p into L2.
+template <typename T>
+void prefetch_l2(const T* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+}
+
+// The first n lanes of 16, for n in [0, 16).
+inline __mmask16 first_lanes(std::int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+
+// --- Float weights (F32, F16, BF16) times a float activation ------------------------------------
+
+// How each float type loads 16 elements as floats: all of them, or the lanes of mask m (the
+// others zero, nothing read beyond them).
+struct F32 {
+  using Element = float;
+  KVLM_TARGET_AVX512 static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  KVLM_TARGET_AVX512 static __m512 load(const float* p, __mmask16 m) {
+    return _mm512_maskz_loadu_ps(m, p);
+  }
+};
+
+struct F16 {
+  using Element = std::uint16_t;
+  KVLM_TARGET_AVX512 static __m512 load(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  KVLM_TARGET_AVX512 static __m512 load(const std::uint16_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+
+struct BF16 {
+  using Element = std::uint16_t;
+  // A bfloat16 is the top half of a float32: widen to 32 bits and shift into place.
+  KVLM_TARGET_AVX512 static __m512 widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  KVLM_TARGET_AVX512 static __m512 load(const std::uint16_t* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  KVLM_TARGET_AVX512 static __m512 load(const std::uint16_t* p, __mmask16 m) {
+    return widen(_mm256_maskz_loadu_epi16(m, p));
+  }
+};
+
+// y[0, kRows) = w · x; w: [kRows, cols] of Type, x: [cols]. Prefetches from w + ahead on unless
+// ahead is 0.
+template <typename Type, int kRows>
+KVLM_TARGET_AVX512 inline void gemv_float_rows(const typename Type::Element* w, std::int64_t cols,
+                                               const float* x, float* y, std::int64_t ahead) {
+  constexpr int kPerLine = 64 / sizeof(typename Type::Element);  // 16 or 32 elements
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kPerLine <= cols; i += kPerLine) {  // a cache line of each row
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) prefetch_l2(w + r * cols + i + ahead);
+    }
+    for (int k = 0; k < kPerLine; k += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + i + k);
+      for (int r = 0; r < kRows; ++r) {
+        acc[r] = _mm512_fmadd_ps(Type::load(w + r * cols + i + k), xv, acc[r]);
+      }
+    }
+  }
+  for (; i + 16 <= cols; i += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + i);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_fmadd_ps(Type::load(w + r * cols + i), xv, acc[r]);
+    }
+  }
+  if (i < cols) {
+    const __mmask16 m = first_lanes(cols - i);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+    for (int r = 0; r < kRows; ++r) {
+      acc[r] = _mm512_fmadd_ps(Type::load(w + r * cols + i, m), xv, acc[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) y[r] = horizontal_sum(acc[r]);
+}
+
+// y = W x; w: [rows, cols] of Type, x: [cols] floats, y: [rows].
+template <typename Type>
+KVLM_TARGET_AVX512 inline void gemv_float(const void* w, std::int64_t rows, std::int64_t cols,
+                                          const void* x, float* y) {
+  const auto* wt = static_cast<const typename Type::Element*>(w);
+  const auto* xf = static_cast<const float*>(x);
+  const std::int64_t bytes = rows * cols * static_cast<std::int64_t>(sizeof(*wt));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, cols, bytes);
+    gemv_float_rows<Type, kRowStep>(wt + r * cols, cols, xf, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_float_rows<Type, 1>(wt + r * cols, cols, xf, y + r, 0);
+}
+
+// --- Quantized weights (Q8_0, Q4_0) ------------------------------------------------------------
+// Each Kernel below adds kBlocks (1 or 2) blocks, from block column b on, of kRows rows (stride
+// blocks apart) times the activation into acc[kRows]: 16 float lanes per row, summed at the end.
+
+// The scales of kBlocks blocks as floats, spread over the lanes that hold their products:
+// `second` marks the lanes of the second block (0 when there is one block).
+template <int kBlocks, typename Block>
+KVLM_TARGET_AVX512 inline __m512 block_scales(const Block* b, __mmask16 second) {
+  const auto d0 = static_cast<short>(b[0].d);
+  if constexpr (kBlocks == 1) {
+    return _mm512_cvtph_ps(_mm256_maskz_set1_epi16(static_cast<__mmask16>(~second), d0));
+  } else {
+    const auto d1 = static_cast<short>(b[1].d);
+    return _mm512_cvtph_ps(_mm256_mask_set1_epi16(_mm256_set1_epi16(d0), second, d1));
+  }
+}
+
+// The q of kBlocks consecutive Q8_0 blocks: bytes [block 0: 32 | block 1: 32, or zeros].
+template <int kBlocks>
+KVLM_TARGET_AVX512 inline __m512i load_q8_0(const BlockQ8_0* b) {
+  const __m256i first = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs));
+  if constexpr (kBlocks == 1) {
+    return _mm512_zextsi256_si512(first);
+  } else {
+    const __m256i second = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].qs));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+  }
+}
+
+// The q + 8 (in [0, 15]) of kBlocks consecutive Q4_0 blocks, in 16-byte lanes
+// [block 0 elements 0..15 | block 1 0..15 | block 0 16..31 | block 1 16..31]: all the low nibbles,
+// then all the high ones (block 1's lanes are zero when there is one block).
+template <int kBlocks>
+KVLM_TARGET_AVX512 inline __m512i load_q4_0(const BlockQ4_0* b) {
+  constexpr __mmask16 kOddLanes = 0xF0F0;  // of 16-byte lanes, in 32-bit elements
+  const __m128i first = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs));
+  __m512i packed;  // [block 0 | block 1 | block 0 | block 1]
+  if constexpr (kBlocks == 1) {
+    packed = _mm512_maskz_broadcast_i32x4(static_cast<__mmask16>(~kOddLanes), first);
+  } else {
+    const __m128i second = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs));
+    packed = _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(first), kOddLanes, second);
+  }
+  const __m512i high_moved = _mm512_mask_srli_epi16(packed, 0xFFFF0000u, packed, 4);  // upper half
+  return _mm512_and_si512(high_moved, _mm512_set1_epi8(0x0F));
+}
+
+// Q8_0 weights times a quantized activation (BlockQ8_0): block 0's int32 sums in lanes 0..7,
+// block 1's in lanes 8..15.
+struct Q8_0TimesQ8 {
+  using Block = BlockQ8_0;
+  using Activation = BlockQ8_0;
+
+  template <int kRows, int kBlocks>
+  KVLM_TARGET_AVX512 static void step(const BlockQ8_0* w, std::int64_t stride,
+                                      const BlockQ8_0* x, std::int64_t b, __m512* acc) {
+    constexpr __mmask16 kSecond = 0xFF00;
+    const __m512i xq = load_q8_0<kBlocks>(x + b);
+    const __m512 dx = block_scales<kBlocks>(x + b, kSecond);
+    const __m512i zero = _mm512_setzero_si512();
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ8_0* wb = w + r * stride + b;
+      const __m512i wq = load_q8_0<kBlocks>(wb);
+      // dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign, which cannot
+      // overflow since x is never -128.
+      const __m512i xs = _mm512_mask_sub_epi8(xq, _mm512_movepi8_mask(wq), zero, xq);
+      const __m512i sums = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wq), xs);
+      const __m512 d = _mm512_mul_ps(block_scales<kBlocks>(wb, kSecond), dx);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, acc[r]);
+    }
+  }
+};
+
+// Q4_0 weights times a quantized activation, with the activation's bytes arranged in
+// load_q4_0's order: block 0's int32 sums in lanes 0..3 and 8..11, block 1's in 4..7 and 12..15.
+struct Q4_0TimesQ8 {
+  using Block = BlockQ4_0;
+  using Activation = BlockQ8_0;
+
+  template <int kRows, int kBlocks>
+  KVLM_TARGET_AVX512 static void step(const BlockQ4_0* w, std::int64_t stride,
+                                      const BlockQ8_0* x, std::int64_t b, __m512* acc) {
+    constexpr __mmask16 kSecond = 0xF0F0;
+    const __m512i x_blocks = load_q8_0<kBlocks>(x + b);
+    const __m512i xq = _mm512_shuffle_i64x2(x_blocks, x_blocks, _MM_SHUFFLE(3, 1, 2, 0));
+    const __m512 dx = block_scales<kBlocks>(x + b, kSecond);
+    // The weights are stored as q + 8: starting each sum at -8 * (sum of x) takes the 8 off.
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i offset =
+        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), xq));
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ4_0* wb = w + r * stride + b;
+      const __m512i sums = _mm512_dpbusd_epi32(offset, load_q4_0<kBlocks>(wb), xq);
+      const __m512 d = _mm512_mul_ps(block_scales<kBlocks>(wb, kSecond), dx);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, acc[r]);
+    }
+  }
+};
+
+// Q8_0 weights times a float activation, dequantized in registers.
+struct Q8_0TimesF32 {
+  using Block = BlockQ8_0;
+  using Activation = float;
+
+  template <int kRows, int kBlocks>
+  KVLM_TARGET_AVX512 static void step(const BlockQ8_0* w, std::int64_t stride, const float* x,
+                                      std::int64_t b, __m512* acc) {
+    for (int j = 0; j < kBlocks; ++j) {
+      const float* xb = x + (b + j) * BlockQ8_0::kSize;
+      const __m512 x0 = _mm512_loadu_ps(xb);
+      const __m512 x1 = _mm512_loadu_ps(xb + 16);
+      for (int r = 0; r < kRows; ++r) {
+        const BlockQ8_0& wb = w[r * stride + b + j];
+        const __m512 q0 = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.qs))));
+        const __m512 q1 = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.qs + 16))));
+        const __m512 qx = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
+        acc[r] = _mm512_fmadd_ps(qx, _mm512_set1_ps(_cvtsh_ss(wb.d)), acc[r]);
+      }
+    }
+  }
+};
+
+// Q4_0 weights times a float activation, dequantized in registers.
+struct Q4_0TimesF32 {
+  using Block = BlockQ4_0;
+  using Activation = float;
+
+  template <int kRows, int kBlocks>
+  KVLM_TARGET_AVX512 static void step(const BlockQ4_0* w, std::int64_t stride, const float* x,
+                                      std::int64_t b, __m512* acc) {
+    const __m512i eight = _mm512_set1_epi32(8);
+    for (int j = 0; j < kBlocks; ++j) {
+      const float* xb = x + (b + j) * BlockQ4_0::kSize;
+      const __m512 x0 = _mm512_loadu_ps(xb);
+      const __m512 x1 = _mm512_loadu_ps(xb + 16);
+      for (int r = 0; r < kRows; ++r) {
+        const BlockQ4_0& wb = w[r * stride + b + j];
+        const __m512i bytes =  // one byte (two nibbles) per int32 lane
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.qs)));
+        const __m512 q0 = _mm512_cvtepi32_ps(
+            _mm512_sub_epi32(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0F)), eight));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(bytes, 4), eight));
+        const __m512 qx = _mm512_fmadd_ps(q1, x1, _mm512_mul_ps(q0, x0));
+        acc[r] = _mm512_fmadd_ps(qx, _mm512_set1_ps(_cvtsh_ss(wb.d)), acc[r]);
+      }
+    }
+  }
+};
+
+// y[0, kRows) = w · x; w: [kRows, n_blocks] blocks, x: the activation of n_blocks blocks.
+// Prefetches from w + ahead on unless ahead is 0.
+template <typename Kernel, int kRows>
+KVLM_TARGET_AVX512 inline void gemv_blocks_rows(const typename Kernel::Block* w,
+                                                std::int64_t n_blocks,
+                                                const typename Kernel::Activation* x, float* y,
+                                                std::int64_t ahead) {
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  std::int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) prefetch_l2(w + r * n_blocks + b + ahead);
+    }
+    Kernel::template step<kRows, 2>(w, n_blocks, x, b, acc);
+  }
+  if (b < n_blocks) Kernel::template step<kRows, 1>(w, n_blocks, x, b, acc);
+  for (int r = 0; r < kRows; ++r) y[r] = horizontal_sum(acc[r]);
+}
+
+// y = W x; w: [rows, cols] of Kernel::Block, x: [cols] as Kernel::Activation, y: [rows].
+template <typename Kernel>
+KVLM_TARGET_AVX512 inline void gemv_blocks(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  const auto* wb = static_cast<const typename Kernel::Block*>(w);
+  const auto* xa = static_cast<const typename Kernel::Activation*>(x);
+  const std::int64_t n_blocks = cols / Kernel::Block::kSize;
+  const std::int64_t bytes = rows * n_blocks * static_cast<std::int64_t>(sizeof(*wb));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, n_blocks, bytes);
+    gemv_blocks_rows<Kernel, kRowStep>(wb + r * n_blocks, n_blocks, xa, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_blocks_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
+}
+
+// --- The kernels: gemv(w: [rows, cols], x, y: [rows]) and to_float(row: [n], out: [n]) ---------
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                        const void* x, float* y) {
+  gemv_float<F32>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_f16(const void* w, std::int64_t rows, std::int64_t cols,
+                                        const void* x, float* y) {
+  gemv_float<F16>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_bf16(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_float<BF16>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 32] BlockQ8_0, from quantize_activation.
+KVLM_TARGET_AVX512 inline void gemv_q8_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_blocks<Q8_0TimesQ8>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 32] BlockQ8_0, from quantize_activation.
+KVLM_TARGET_AVX512 inline void gemv_q4_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_blocks<Q4_0TimesQ8>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_q8_0_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                             const void* x, float* y) {
+  gemv_blocks<Q8_0TimesF32>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_q4_0_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                             const void* x, float* y) {
+  gemv_blocks<Q4_0TimesF32>(w, rows, cols, x, y);
+}
+
+template <typename Type>
+KVLM_TARGET_AVX512 inline void to_float_16bit(const void* row, float* out, std::int64_t n) {
+  const auto* h = static_cast<const std::uint16_t*>(row);
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, Type::load(h + i));
+  if (i < n) {
+    const __mmask16 m = first_lanes(n - i);
+    _mm512_mask_storeu_ps(out + i, m, Type::load(h + i, m));
+  }
+}
+
+KVLM_TARGET_AVX512 inline void to_float_f16(const void* row, float* out, std::int64_t n) {
+  to_float_16bit<F16>(row, out, n);
+}
+
+KVLM_TARGET_AVX512 inline void to_float_bf16(const void* row, float* out, std::int64_t n) {
+  to_float_16bit<BF16>(row, out, n);
+}
+
+/// d * q in float, exactly as the scalar twin.
+KVLM_TARGET_AVX512 inline void to_float_q8_0(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const BlockQ8_0*>(row);
+  for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+    for (int half = 0; half < 2; ++half) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[b].qs + 16 * half));
+      _mm512_storeu_ps(out + b * BlockQ8_0::kSize + 16 * half,
+                       _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q))));
+    }
+  }
+}
+
+/// d * (q - 8) in float, exactly as the scalar twin.
+KVLM_TARGET_AVX512 inline void to_float_q4_0(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const BlockQ4_0*>(row);
+  const __m512i eight = _mm512_set1_epi32(8);
+  for (std::int64_t b = 0; b < n / BlockQ4_0::kSize; ++b) {
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(blocks[b].d));
+    const __m512i bytes =
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks[b].qs)));
+    const __m512i low = _mm512_sub_epi32(_mm512_and_si512(bytes, _mm512_set1_epi32(0x0F)), eight);
+    const __m512i high = _mm512_sub_epi32(_mm512_srli_epi32(bytes, 4), eight);
+    float* o = out + b * BlockQ4_0::kSize;
+    _mm512_storeu_ps(o, _mm512_mul_ps(d, _mm512_cvtepi32_ps(low)));
+    _mm512_storeu_ps(o + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(high)));
+  }
+}
+
+/// scalar::quantize_activation, bit for bit: x: [n], out: [n / 32].
+KVLM_TARGET_AVX512 inline void quantize_activation(const float* x, BlockQ8_0* out, std::int64_t n) {
+  constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + b * BlockQ8_0::kSize);
+    const __m512 x1 = _mm512_loadu_ps(x + b * BlockQ8_0::kSize + 16);
+    const float amax = horizontal_max(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = fp32_to_fp16(d);
+    const __m512 inverse = _mm512_set1_ps(id);
+    const __m512i q0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x0, inverse), kNearestEven);
+    const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x1, inverse), kNearestEven);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+  }
+}
+
+}  // namespace kvlm::kernels::avx512
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

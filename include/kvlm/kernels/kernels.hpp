@@ -1,0 +1,224 @@
+#pragma once
+// The one dispatch point between the forward pass and the per-type kernels. A path (Simd) is an
+// instruction set: the scalar reference (kernels/scalar.hpp), AVX2 (kernels/avx2.hpp) or AVX-512
+// (kernels/avx512.hpp). The process chooses one path once, from CPUID and the KVLM_SIMD
+// environment variable (active_simd), and kernels(t) hands out that path's kernels for type t.
+// Nothing else in kvlm looks at the CPU's features.
+//
+// Each path has one table with one entry per type: a new type is one new entry per table.
+
+#include <cpuid.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "kvlm/dtype.hpp"
+#include "kvlm/error.hpp"
+#include "kvlm/kernels/avx2.hpp"
+#include "kvlm/kernels/avx512.hpp"
+#include "kvlm/kernels/scalar.hpp"
+
+namespace kvlm::kernels {
+
+/// Instruction-set paths, each needing everything the one before it needs.
+enum class Simd { kScalar, kAvx2, kAvx512 };
+
+inline const char* to_string(Simd simd) {
+  switch (simd) {
+    case Simd::kScalar: return "scalar";
+    case Simd::kAvx2: return "avx2";
+    case Simd::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+struct CpuFeatures {
+  bool avx2 = false;    // AVX2, FMA, F16C
+  bool avx512 = false;  // the above and AVX-512 F, BW, VL, VNNI
+};
+
+// __builtin_cpu_supports also checks that the OS saves the vector registers. Clang 14 does not
+// know "f16c" there, so F16C comes from CPUID leaf 1 (ECX bit 29); the OS side of it is AVX's.
+inline CpuFeatures detect_cpu() {
+  __builtin_cpu_init();
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+  CpuFeatures cpu;
+  cpu.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  cpu.avx512 = cpu.avx2 && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
+  return cpu;
+}
+
+}  // namespace detail
+
+/// Whether this CPU can run `simd`'s kernels. Thread-safe; CPUID runs once per process.
+inline bool simd_supported(Simd simd) {
+  static const detail::CpuFeatures cpu = detail::detect_cpu();
+  switch (simd) {
+    case Simd::kScalar: return true;
+    case Simd::kAvx2: return cpu.avx2;
+    case Simd::kAvx512: return cpu.avx512;
+  }
+  return false;
+}
+
+/// The fastest path this CPU supports.
+inline Simd detected_simd() {
+  if (simd_supported(Simd::kAvx512)) return Simd::kAvx512;
+  if (simd_supported(Simd::kAvx2)) return Simd::kAvx2;
+  return Simd::kScalar;
+}
+
+/// The path a KVLM_SIMD value asks for ("scalar", "avx2" or "avx512"), capped at `detected`;
+/// `detected` itself when env is null or names no path.
+inline Simd choose_simd(const char* env, Simd detected) {
+  if (env == nullptr) return detected;
+  for (Simd simd : {Simd::kScalar, Simd::kAvx2, Simd::kAvx512}) {
+    if (std::strcmp(env, to_string(simd)) == 0) return std::min(simd, detected);
+  }
+  return detected;
+}
+
+/// The path this process uses: chosen on the first call, from detected_simd() and KVLM_SIMD.
+inline Simd active_simd() {
+  static const Simd simd = choose_simd(std::getenv("KVLM_SIMD"), detected_simd());
+  return simd;
+}
+
+/// One type's kernels on one path. gemv computes y = W x with w: [rows, cols] stored as
+/// consecutive rows of row_bytes(type, cols) bytes and y: [rows].
+struct TypeKernels {
+  /// What gemv's x is: kF32, x is const float* [cols]; kQ8_0, x is const BlockQ8_0* [cols / 32]
+  /// from quantize_activation.
+  DType activation;
+  void (*gemv)(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y);
+  /// gemv with x as const float* [cols]; gemv itself for the float types.
+  void (*gemv_f32)(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y);
+  /// Dequantizes one row: row: [n] of the type, out: [n] floats. Exact: d * q in float.
+  void (*to_float)(const void* row, float* out, std::int64_t n);
+};
+
+namespace detail {
+
+// The scalar reference in the signatures of TypeKernels.
+template <DType kType>
+void scalar_gemv(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y) {
+  const std::size_t stride = row_bytes(kType, cols);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::byte* row = static_cast<const std::byte*>(w) + static_cast<std::size_t>(r) * stride;
+    y[r] = scalar::dot(kType, row, static_cast<const float*>(x), cols);
+  }
+}
+
+template <DType kType>
+void scalar_gemv_q8(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y) {
+  const std::size_t stride = row_bytes(kType, cols);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::byte* row = static_cast<const std::byte*>(w) + static_cast<std::size_t>(r) * stride;
+    y[r] = scalar::dot_q8(kType, row, static_cast<const BlockQ8_0*>(x), cols);
+  }
+}
+
+template <DType kType>
+void scalar_to_float(const void* row, float* out, std::int64_t n) {
+  scalar::to_float(kType, row, out, n);
+}
+
+struct TableEntry {
+  DType dtype;
+  TypeKernels kernels;
+};
+
+// The activation column of the tables: gemv takes floats, or quantize_activation's blocks.
+constexpr DType kFloatX = DType::kF32;
+constexpr DType kQuantizedX = DType::kQ8_0;
+
+inline constexpr TableEntry kScalarTable[] = {
+    {DType::kF32, {kFloatX, scalar_gemv<DType::kF32>, scalar_gemv<DType::kF32>,
+                   scalar_to_float<DType::kF32>}},
+    {DType::kF16, {kFloatX, scalar_gemv<DType::kF16>, scalar_gemv<DType::kF16>,
+                   scalar_to_float<DType::kF16>}},
+    {DType::kBF16, {kFloatX, scalar_gemv<DType::kBF16>, scalar_gemv<DType::kBF16>,
+                    scalar_to_float<DType::kBF16>}},
+    {DType::kQ8_0, {kQuantizedX, scalar_gemv_q8<DType::kQ8_0>, scalar_gemv<DType::kQ8_0>,
+                    scalar_to_float<DType::kQ8_0>}},
+    {DType::kQ4_0, {kQuantizedX, scalar_gemv_q8<DType::kQ4_0>, scalar_gemv<DType::kQ4_0>,
+                    scalar_to_float<DType::kQ4_0>}},
+};
+
+// F32's to_float is a copy on every path.
+inline constexpr TableEntry kAvx2Table[] = {
+    {DType::kF32, {kFloatX, avx2::gemv_f32, avx2::gemv_f32, scalar_to_float<DType::kF32>}},
+    {DType::kF16, {kFloatX, avx2::gemv_f16, avx2::gemv_f16, avx2::to_float_f16}},
+    {DType::kBF16, {kFloatX, avx2::gemv_bf16, avx2::gemv_bf16, avx2::to_float_bf16}},
+    {DType::kQ8_0, {kQuantizedX, avx2::gemv_q8_0, avx2::gemv_q8_0_f32, avx2::to_float_q8_0}},
+    {DType::kQ4_0, {kQuantizedX, avx2::gemv_q4_0, avx2::gemv_q4_0_f32, avx2::to_float_q4_0}},
+};
+
+inline constexpr TableEntry kAvx512Table[] = {
+    {DType::kF32, {kFloatX, avx512::gemv_f32, avx512::gemv_f32, scalar_to_float<DType::kF32>}},
+    {DType::kF16, {kFloatX, avx512::gemv_f16, avx512::gemv_f16, avx512::to_float_f16}},
+    {DType::kBF16, {kFloatX, avx512::gemv_bf16, avx512::gemv_bf16, avx512::to_float_bf16}},
+    {DType::kQ8_0, {kQuantizedX, avx512::gemv_q8_0, avx512::gemv_q8_0_f32, avx512::to_float_q8_0}},
+    {DType::kQ4_0, {kQuantizedX, avx512::gemv_q4_0, avx512::gemv_q4_0_f32, avx512::to_float_q4_0}},
+};
+
+template <std::size_t kCount>
+const TypeKernels* find(const TableEntry (&table)[kCount], DType t) {
+  for (const TableEntry& entry : table) {
+    if (entry.dtype == t) return &entry.kernels;
+  }
+  return nullptr;
+}
+
+inline void check_supported(Simd simd) {
+  if (!simd_supported(simd)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("kernels: this CPU cannot run the ") + to_string(simd) + " path");
+  }
+}
+
+}  // namespace detail
+
+/// The kernels of type t on path simd (tests use every path).
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd or t has no kernels.
+inline const TypeKernels& kernels(DType t, Simd simd) {
+  detail::check_supported(simd);
+  const TypeKernels* found = nullptr;
+  switch (simd) {
+    case Simd::kScalar: found = detail::find(detail::kScalarTable, t); break;
+    case Simd::kAvx2: found = detail::find(detail::kAvx2Table, t); break;
+    case Simd::kAvx512: found = detail::find(detail::kAvx512Table, t); break;
+  }
+  if (found == nullptr) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "kernels: no kernels for ggml type " + std::to_string(static_cast<std::uint32_t>(t)));
+  }
+  return *found;
+}
+
+/// The kernels of type t on the process's path.
+inline const TypeKernels& kernels(DType t) { return kernels(t, active_simd()); }
+
+/// Quantizes an activation for the integer gemv (scalar::quantize_activation, bit for bit on
+/// every path): x: [n], out: [n / 32], n a multiple of 32.
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd.
+inline void quantize_activation(const float* x, BlockQ8_0* out, std::int64_t n,
+                                Simd simd = active_simd()) {
+  detail::check_supported(simd);
+  switch (simd) {
+    case Simd::kScalar: return scalar::quantize_activation(x, out, n);
+    case Simd::kAvx2: return avx2::quantize_activation(x, out, n);
+    case Simd::kAvx512: return avx512::quantize_activation(x, out, n);
+  }
+}
+
+}  // namespace kvlm::kernels
