@@ -8,15 +8,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "kvlm/error.hpp"
 #include "models.hpp"
+#include "tokenizer_cases.hpp"
 
 namespace kvlm {
 namespace {
@@ -29,11 +28,6 @@ constexpr Token kByte0 = 3;
 constexpr Token byte_token(unsigned char b) { return kByte0 + b; }
 
 const char* const kReplacement = "\xEF\xBF\xBD";  // U+FFFD
-
-std::string read_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
-}
 
 // The kvlm::Error that `f` throws, or nothing if it returns.
 template <typename F>
@@ -95,11 +89,7 @@ std::string decoded(const Tokenizer& tokenizer, const std::vector<Token>& tokens
   return tokenizer.decode(tokens);
 }
 
-std::string ids_to_string(const std::vector<Token>& tokens) {
-  std::string s;
-  for (Token t : tokens) s += std::to_string(t) + " ";
-  return s;
-}
+using test::ids_to_string;
 
 // What a StreamingDecoder emits for `tokens`: one string per push, then the flush.
 std::vector<std::string> stream_pieces(const Tokenizer& tokenizer,
@@ -195,38 +185,18 @@ const char* const kTexts[] = {
     " ",
 };
 
-// llama.cpp's test vectors: the .inp file holds each string followed by "\n__ggml_vocab_test__\n"
-// (so a string may itself end in newlines), the .out file one line of ids per string.
+// llama.cpp's test vectors for Llama 2's tokenizer (read_vocab_test_cases).
 TEST(TokenizerTest, MatchesLlamaCppVocabVectors) {
   KVLM_REQUIRE_MODEL(model, "llama2-tokenizer/tokenizer.model");
   KVLM_REQUIRE_MODEL(inp, "llama-spm-vocab/ggml-vocab-llama-spm.gguf.inp");
   KVLM_REQUIRE_MODEL(out, "llama-spm-vocab/ggml-vocab-llama-spm.gguf.out");
   const Tokenizer tokenizer = Tokenizer::load(model);
-
-  const std::string separator = "\n__ggml_vocab_test__\n";
-  const std::string all = read_file(inp);
-  std::vector<std::string> texts;
-  std::size_t begin = 0;
-  std::size_t end = all.find(separator);
-  while (end != std::string::npos) {
-    texts.push_back(all.substr(begin, end - begin));
-    begin = end + separator.size();
-    end = all.find(separator, begin);
-  }
-  EXPECT_EQ(begin, all.size()) << "text after the last separator";
-
-  std::vector<std::vector<Token>> expected;
-  std::istringstream lines(read_file(out));
-  for (std::string line; std::getline(lines, line);) {
-    std::istringstream ids(line);
-    expected.emplace_back(std::istream_iterator<Token>(ids), std::istream_iterator<Token>());
-  }
-
-  ASSERT_EQ(texts.size(), 46u);
-  ASSERT_EQ(expected.size(), texts.size());
-  for (std::size_t i = 0; i < texts.size(); ++i) {
-    EXPECT_EQ(tokenizer.encode(texts[i], false), expected[i])
-        << "string " << i << ": \"" << texts[i] << "\"";
+  const test::VocabTestCases cases = test::read_vocab_test_cases(inp, out);
+  ASSERT_EQ(cases.texts.size(), 46u);
+  ASSERT_EQ(cases.ids.size(), cases.texts.size());
+  for (std::size_t i = 0; i < cases.texts.size(); ++i) {
+    EXPECT_EQ(tokenizer.encode(cases.texts[i], false), cases.ids[i])
+        << "string " << i << ": \"" << cases.texts[i] << "\"";
   }
 }
 

@@ -17,21 +17,33 @@
 //   - a run of byte-fallback tokens <0xNN> becomes the bytes of each well-formed UTF-8 character
 //     in it; every other byte of the run, including each byte of a character cut short by the
 //     end of the run, becomes one U+FFFD: [<0xE2>, <0x80>, </s>] reads "\uFFFD\uFFFD".
+//
+// Tokenizer::from_vocab builds the same kind of tokenizer from the vocabulary a GGUF file embeds
+// (TokenizerVocab): it writes a SentencePiece ModelProto in memory (Debian's libsentencepiece-dev
+// ships no generated protobuf headers, so detail::ProtoWriter writes the few fields by hand) and
+// loads it into SentencePiece itself, so encoding and decoding are SentencePiece's own.
 
 #include <sentencepiece_processor.h>
 
 #include <array>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "kvlm/config.hpp"
 #include "kvlm/detail/read_file.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/loaders/gguf.hpp"
+#include "kvlm/loaders/model_file.hpp"
 #include "kvlm/span.hpp"
 
 namespace kvlm {
@@ -92,6 +104,305 @@ inline int utf8_char_length(const unsigned char* s, std::size_t n) {
   return n >= length ? static_cast<int>(length) : 0;
 }
 
+// Protocol Buffers' wire format (protobuf.dev/programming-guides/encoding), only what a
+// SentencePiece ModelProto needs: each field is a key varint (field number << 3 | wire type)
+// followed by a varint, 4 little-endian bytes (float), or a length varint and that many bytes
+// (strings and nested messages).
+class ProtoWriter {
+ public:
+  void add_varint(int field, std::uint64_t value) {
+    add_key(field, kVarint);
+    add_raw_varint(value);
+  }
+  // int32 and enum fields: a negative value is sign-extended to 64 bits, so it takes 10 bytes.
+  void add_int32(int field, std::int32_t value) {
+    add_varint(field, static_cast<std::uint64_t>(static_cast<std::int64_t>(value)));
+  }
+  void add_bool(int field, bool value) { add_varint(field, value ? 1 : 0); }
+  void add_float(int field, float value) {
+    static_assert(std::numeric_limits<float>::is_iec559, "protobuf floats are IEEE 754 binary32");
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &value, sizeof bits);
+    add_key(field, kFixed32);
+    for (int shift = 0; shift < 32; shift += 8) bytes_ += static_cast<char>((bits >> shift) & 0xFF);
+  }
+  // A string, bytes or an embedded message (another writer's bytes()).
+  void add_bytes(int field, std::string_view value) {
+    add_key(field, kLengthDelimited);
+    add_raw_varint(value.size());
+    bytes_.append(value.data(), value.size());
+  }
+
+  const std::string& bytes() const { return bytes_; }
+  void clear() { bytes_.clear(); }
+
+ private:
+  enum WireType : std::uint64_t { kVarint = 0, kLengthDelimited = 2, kFixed32 = 5 };
+
+  void add_key(int field, WireType type) {
+    add_raw_varint((static_cast<std::uint64_t>(field) << 3) | type);
+  }
+  // Seven bits at a time, least significant first; the high bit of a byte says more follow.
+  void add_raw_varint(std::uint64_t value) {
+    while (value >= 0x80) {
+      bytes_ += static_cast<char>((value & 0x7F) | 0x80);
+      value >>= 7;
+    }
+    bytes_ += static_cast<char>(value);
+  }
+
+  std::string bytes_;
+};
+
+// Field numbers and enum values of SentencePiece's sentencepiece_model.proto (the fields
+// from_vocab writes; every other field keeps its default).
+namespace spm {
+// ModelProto
+inline constexpr int kModelPieces = 1;          // repeated SentencePiece
+inline constexpr int kModelTrainerSpec = 2;     // TrainerSpec
+inline constexpr int kModelNormalizerSpec = 3;  // NormalizerSpec
+// ModelProto.SentencePiece
+inline constexpr int kPiecePiece = 1;  // string
+inline constexpr int kPieceScore = 2;  // float
+inline constexpr int kPieceType = 3;   // Type, default NORMAL
+// ModelProto.SentencePiece.Type, the values of TokenizerVocab::token_types
+inline constexpr std::int32_t kTypeNormal = 1;
+inline constexpr std::int32_t kTypeUnknown = 2;
+inline constexpr std::int32_t kTypeControl = 3;
+inline constexpr std::int32_t kTypeUserDefined = 4;
+inline constexpr std::int32_t kTypeUnused = 5;
+inline constexpr std::int32_t kTypeByte = 6;
+// TrainerSpec
+inline constexpr int kTrainerModelType = 3;                // ModelType, default UNIGRAM
+inline constexpr int kTrainerVocabSize = 4;                // int32
+inline constexpr int kTrainerTreatWhitespaceAsSuffix = 24; // bool, default false
+inline constexpr int kTrainerByteFallback = 35;            // bool, default false
+inline constexpr int kTrainerUnkId = 40;                   // int32, default 0
+inline constexpr int kTrainerBosId = 41;                   // int32, default 1
+inline constexpr int kTrainerEosId = 42;                   // int32, default 2
+inline constexpr int kTrainerPadId = 43;                   // int32, default -1
+inline constexpr int kTrainerUnkPiece = 45;                // string, default "<unk>"
+inline constexpr int kTrainerBosPiece = 46;                // string, default "<s>"
+inline constexpr int kTrainerEosPiece = 47;                // string, default "</s>"
+inline constexpr int kTrainerPadPiece = 48;                // string, default "<pad>"
+inline constexpr std::int32_t kModelTypeBpe = 2;           // TrainerSpec.ModelType.BPE
+// NormalizerSpec
+inline constexpr int kNormalizerName = 1;                    // string
+inline constexpr int kNormalizerAddDummyPrefix = 3;          // bool, default true
+inline constexpr int kNormalizerRemoveExtraWhitespaces = 4;  // bool, default true
+inline constexpr int kNormalizerEscapeWhitespaces = 5;       // bool, default true
+}  // namespace spm
+
+// Reads a serialized protobuf message field by field: the counterpart of ProtoWriter, for the
+// few fields kvlm reads back from a .model file. Every read is bounded by the message's size.
+class ProtoReader {
+ public:
+  explicit ProtoReader(std::string_view bytes) : bytes_(bytes) {}
+
+  /// Advances to the next field; false at the end or on malformed input. Afterwards field() is
+  /// its number and, by wire type, varint() or bytes() its value (fixed-size values are skipped).
+  bool next() {
+    std::uint64_t key = 0;
+    if (!read_varint(key)) return false;
+    field_ = static_cast<int>(key >> 3);
+    switch (key & 7) {
+      case 0: return read_varint(varint_);
+      case 1: return skip(8);
+      case 5: return skip(4);
+      case 2: {
+        std::uint64_t length = 0;
+        if (!read_varint(length) || length > bytes_.size() - at_) return false;
+        value_ = bytes_.substr(at_, static_cast<std::size_t>(length));
+        at_ += static_cast<std::size_t>(length);
+        return true;
+      }
+      default: return false;
+    }
+  }
+  int field() const { return field_; }
+  std::uint64_t varint() const { return varint_; }
+  std::string_view bytes() const { return value_; }
+
+ private:
+  bool read_varint(std::uint64_t& value) {
+    value = 0;
+    for (int shift = 0; shift < 64 && at_ < bytes_.size(); shift += 7) {
+      const auto byte = static_cast<unsigned char>(bytes_[at_++]);
+      value |= static_cast<std::uint64_t>(byte & 0x7F) << shift;
+      if (byte < 0x80) return true;
+    }
+    return false;
+  }
+  bool skip(std::size_t n) {
+    if (n > bytes_.size() - at_) return false;
+    at_ += n;
+    return true;
+  }
+
+  std::string_view bytes_;
+  std::size_t at_ = 0;
+  int field_ = 0;
+  std::uint64_t varint_ = 0;
+  std::string_view value_;
+};
+
+// llama.cpp's LLAMA_TOKEN_TYPE_UNDEFINED, which GGUF files may carry and which llama.cpp's SPM
+// tokenizer treats as a normal piece; so does from_vocab. SentencePiece has no such type.
+inline constexpr std::int32_t kTypeUndefined = 0;
+
+// Checks what SentencePiece would refuse with an opaque status, or what kvlm relies on, and says
+// what is wrong in terms of the vocabulary. Ids in messages are token ids.
+// @throws Error (kTokenizer) naming `source`.
+inline void check_vocab(const TokenizerVocab& vocab, const std::string& source) {
+  const std::string where = "tokenizer: '" + source + "': ";
+  auto fail = [&](const std::string& what) { throw Error(ErrorCode::kTokenizer, where + what); };
+  if (vocab.model != "llama") {
+    fail("tokenizer model '" + vocab.model +
+         "' is not supported: kvlm reads only SentencePiece vocabularies (tokenizer.ggml.model "
+         "'llama')");
+  }
+  const std::size_t n = vocab.tokens.size();
+  if (n == 0) fail("the vocabulary has no tokens");
+  if (n > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+    fail(std::to_string(n) + " tokens do not fit SentencePiece's int32 ids");
+  }
+  if (vocab.scores.size() != n || vocab.token_types.size() != n) {
+    fail(std::to_string(n) + " tokens but " + std::to_string(vocab.scores.size()) + " scores and " +
+         std::to_string(vocab.token_types.size()) + " token types; each token needs one of each");
+  }
+  auto token_name = [&](std::size_t id) {
+    return "token " + std::to_string(id) + " ('" + vocab.tokens[id] + "')";
+  };
+
+  // SentencePiece keeps two lookup tables, one for pieces the encoder may produce (normal,
+  // user-defined, unused) and one for the rest (unknown, control, byte); a piece may appear once
+  // in each. Views into vocab.tokens, which outlives the maps.
+  std::unordered_map<std::string_view, std::size_t> normal_ids;
+  std::unordered_map<std::string_view, std::size_t> reserved_ids;
+  normal_ids.reserve(n);
+  std::array<bool, 256> has_byte{};
+  std::size_t n_bytes = 0;
+  std::size_t unk_id = n;  // n: none yet
+  for (std::size_t id = 0; id < n; ++id) {
+    const std::string& piece = vocab.tokens[id];
+    const std::int32_t type = vocab.token_types[id];
+    if (piece.empty()) fail("token " + std::to_string(id) + " is empty");
+    if (piece.find('\0') != std::string::npos) {
+      fail("token " + std::to_string(id) + " contains a NUL byte");  // what() would stop at it
+    }
+    if (std::isnan(vocab.scores[id])) fail(token_name(id) + " has a NaN score");
+    if (type < kTypeUndefined || type > spm::kTypeByte) {
+      fail(token_name(id) + " has type " + std::to_string(type) +
+           ", not one of 0 (undefined), 1 (normal) .. 6 (byte)");
+    }
+    const bool is_normal = type == kTypeUndefined || type == spm::kTypeNormal ||
+                           type == spm::kTypeUserDefined || type == spm::kTypeUnused;
+    const auto [it, inserted] = (is_normal ? normal_ids : reserved_ids).emplace(piece, id);
+    if (!inserted) {
+      fail("tokens " + std::to_string(it->second) + " and " + std::to_string(id) +
+           " are both '" + piece + "'");
+    }
+    if (type == spm::kTypeUnknown) {
+      if (unk_id < n) {
+        fail("tokens " + std::to_string(unk_id) + " and " + std::to_string(id) +
+             " both have type 2 (unknown); SentencePiece needs exactly one");
+      }
+      unk_id = id;
+    }
+    if (type == spm::kTypeByte) {
+      const int byte = parse_byte_piece(piece);
+      if (byte < 0) fail(token_name(id) + " has type 6 (byte) but is not spelled <0xNN>");
+      has_byte[static_cast<std::size_t>(byte)] = true;  // a repeat is caught as a duplicate above
+      ++n_bytes;
+    }
+  }
+  if (unk_id == n) fail("no token has type 2 (unknown); SentencePiece needs exactly one");
+  if (n_bytes > 0) {
+    for (std::size_t b = 0; b < has_byte.size(); ++b) {
+      if (!has_byte[b]) {
+        const char* const hex = "0123456789ABCDEF";
+        fail("the vocabulary has byte tokens but not <0x" + std::string(1, hex[b / 16]) +
+             hex[b % 16] + ">; byte fallback needs all 256");
+      }
+    }
+  }
+
+  auto check_id = [&](std::int32_t id, const char* name) {
+    if (id < -1 || (id >= 0 && static_cast<std::size_t>(id) >= n)) {
+      fail(std::string(name) + " id " + std::to_string(id) + " is outside [0, " +
+           std::to_string(n) + ") and not -1 (none)");
+    }
+  };
+  check_id(vocab.unk, "unknown-token");
+  check_id(vocab.bos, "BOS");
+  check_id(vocab.eos, "EOS");
+  check_id(vocab.pad, "padding");
+  if (vocab.unk >= 0 && static_cast<std::size_t>(vocab.unk) != unk_id) {
+    const std::size_t id = static_cast<std::size_t>(vocab.unk);
+    fail("unknown-token id " + std::to_string(id) + " is '" + vocab.tokens[id] + "' of type " +
+         std::to_string(vocab.token_types[id]) + ", not the token of type 2 (unknown), " +
+         token_name(unk_id));
+  }
+  if (vocab.add_bos && vocab.bos < 0) fail("add_bos_token is set but there is no BOS token");
+  if (vocab.add_eos && vocab.eos < 0) fail("add_eos_token is set but there is no EOS token");
+}
+
+// The serialized SentencePiece ModelProto of a vocabulary that passed check_vocab: the pieces
+// with their scores and types (undefined written as normal); a BPE model (SentencePiece's BPE
+// merges the adjacent pair whose merged piece scores highest, as llama.cpp's SPM tokenizer does),
+// with byte fallback when any piece is a byte; the special ids and their pieces (SentencePiece
+// finds bos/eos/unk/pad by piece, not by id); and the identity normalizer with the vocabulary's
+// whitespace rules. Unknown tokens decode as SentencePiece's default " \u2047 ": a GGUF file does
+// not carry unk_surface. Other TrainerSpec fields (split_digits, allow_whitespace_only_pieces, ...)
+// only steer training: SentencePiece's BPE encodes the whole normalized text without them.
+inline std::string sentencepiece_model_proto(const TokenizerVocab& vocab) {
+  bool byte_fallback = false;
+  std::int32_t unk = -1;  // the piece of type unknown, which is SentencePiece's unk whatever the id
+  ProtoWriter model;
+  ProtoWriter piece;
+  for (std::size_t id = 0; id < vocab.tokens.size(); ++id) {
+    const std::int32_t type =
+        vocab.token_types[id] == kTypeUndefined ? spm::kTypeNormal : vocab.token_types[id];
+    piece.clear();
+    piece.add_bytes(spm::kPiecePiece, vocab.tokens[id]);
+    piece.add_float(spm::kPieceScore, vocab.scores[id]);
+    piece.add_int32(spm::kPieceType, type);
+    model.add_bytes(spm::kModelPieces, piece.bytes());
+    byte_fallback = byte_fallback || type == spm::kTypeByte;
+    if (type == spm::kTypeUnknown) unk = static_cast<std::int32_t>(id);
+  }
+
+  ProtoWriter trainer;
+  trainer.add_int32(spm::kTrainerModelType, spm::kModelTypeBpe);
+  trainer.add_int32(spm::kTrainerVocabSize, static_cast<std::int32_t>(vocab.tokens.size()));
+  trainer.add_bool(spm::kTrainerTreatWhitespaceAsSuffix, false);
+  trainer.add_bool(spm::kTrainerByteFallback, byte_fallback);
+  struct Special {
+    std::int32_t id;  // -1: none, and the piece field stays unset
+    int id_field;
+    int piece_field;
+  };
+  const Special specials[] = {{unk, spm::kTrainerUnkId, spm::kTrainerUnkPiece},
+                              {vocab.bos, spm::kTrainerBosId, spm::kTrainerBosPiece},
+                              {vocab.eos, spm::kTrainerEosId, spm::kTrainerEosPiece},
+                              {vocab.pad, spm::kTrainerPadId, spm::kTrainerPadPiece}};
+  for (const Special& special : specials) {
+    trainer.add_int32(special.id_field, special.id);
+    if (special.id >= 0) {
+      trainer.add_bytes(special.piece_field, vocab.tokens[static_cast<std::size_t>(special.id)]);
+    }
+  }
+  model.add_bytes(spm::kModelTrainerSpec, trainer.bytes());
+
+  ProtoWriter normalizer;
+  normalizer.add_bytes(spm::kNormalizerName, "identity");
+  normalizer.add_bool(spm::kNormalizerAddDummyPrefix, vocab.add_space_prefix);
+  normalizer.add_bool(spm::kNormalizerRemoveExtraWhitespaces, vocab.remove_extra_whitespaces);
+  normalizer.add_bool(spm::kNormalizerEscapeWhitespaces, true);
+  model.add_bytes(spm::kModelNormalizerSpec, normalizer.bytes());
+  return model.bytes();
+}
+
 }  // namespace detail
 
 class StreamingDecoder;
@@ -99,11 +410,30 @@ class StreamingDecoder;
 /// A SentencePiece tokenizer. Movable, not copyable; const methods are thread-safe.
 class Tokenizer {
  public:
-  /// Loads a SentencePiece model file (e.g. tok512.model, Llama 2's tokenizer.model).
+  /// Loads a SentencePiece model file (e.g. tok512.model, Llama 2's tokenizer.model), or the
+  /// vocabulary a GGUF file embeds (as from_vocab; told apart by the file's first bytes).
+  /// For a .model, add_bos() is true and add_eos() false, as llama.cpp assumes for such models.
   /// @throws Error (kIo) if the file cannot be opened or read; (kTokenizer) if it is not a
   ///         SentencePiece model, or one whose decoding StreamingDecoder cannot reproduce
   ///         (e.g. it has denormalization rules). Messages name the path.
   static Tokenizer load(const std::string& path);
+
+  /// Builds a SentencePiece tokenizer from a vocabulary embedded in a model file (a GGUF file's
+  /// tokenizer.ggml.* keys); `source` is that file's path, for messages. The result encodes and
+  /// decodes through SentencePiece itself: a BPE model over the pieces, scores and types, byte
+  /// fallback when the vocabulary has byte tokens, and the identity normalizer with the
+  /// vocabulary's add_space_prefix and remove_extra_whitespaces. It matches the .model file the
+  /// vocabulary was converted from, except that unknown tokens decode as " \u2047 " (a GGUF file
+  /// does not carry a custom unk_surface). bos(), eos(), add_bos() and add_eos() are the
+  /// vocabulary's. Copies what it needs; `vocab` may be destroyed afterwards.
+  /// @throws Error (kTokenizer), naming `source` and the problem, if the model is not "llama"
+  ///         (SentencePiece), the arrays differ in length, a piece is empty, repeated or has a
+  ///         type outside 0..6 (0, llama.cpp's "undefined", reads as normal), a byte piece is
+  ///         not spelled <0xNN> or some of the 256 are missing, there is not exactly one unknown
+  ///         piece or `vocab.unk` is another, a special id is out of range, add_bos/add_eos is
+  ///         set without a BOS/EOS token, or StreamingDecoder cannot reproduce the decoding (as
+  ///         for load()).
+  static Tokenizer from_vocab(const TokenizerVocab& vocab, const std::string& source);
 
   /// The ids of `text`, after BOS if `add_bos`. No EOS is added.
   /// @throws Error (kTokenizer) if SentencePiece fails, or `add_bos` and the model has no BOS.
@@ -115,8 +445,17 @@ class Tokenizer {
   std::string decode(Span<const Token> tokens) const;
 
   int vocab_size() const { return static_cast<int>(texts_.size()); }
-  Token bos() const { return processor_->bos_id(); }  // -1 if the model has none
-  Token eos() const { return processor_->eos_id(); }  // -1 if the model has none
+  Token bos() const { return bos_; }  // -1 if the model has none
+  Token eos() const { return eos_; }  // -1 if the model has none
+  /// Whether a prompt should start with bos() (tokenizer.ggml.add_bos_token; true for a .model).
+  bool add_bos() const { return add_bos_; }
+  /// Whether a prompt should end with eos() (tokenizer.ggml.add_eos_token; false for a .model).
+  bool add_eos() const { return add_eos_; }
+
+  /// The vocabulary as a GGUF file embeds it (what quantize writes beside the weights). For a
+  /// .model file the piece types are SentencePiece's (0.1.97 cannot report user-defined pieces:
+  /// they read as normal) and the normalizer flags are the model's.
+  TokenizerVocab vocab() const;
 
  private:
   friend class StreamingDecoder;
@@ -130,6 +469,14 @@ class Tokenizer {
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
   std::vector<detail::TokenText> texts_;  // [vocab_size]
+  // SentencePiece's own bos_id()/eos_id() for a .model; the vocabulary's for from_vocab, which
+  // may name a token SentencePiece would not (it reports only control pieces).
+  Token bos_ = -1;
+  Token eos_ = -1;
+  bool add_bos_ = true;
+  bool add_eos_ = false;
+  bool add_space_prefix_ = true;          // the normalizer's add_dummy_prefix
+  bool remove_extra_whitespaces_ = true;  // the normalizer's, as written or proto2's default
   // True if SentencePiece keeps dropping leading '▁'s until a piece produces text (models with
   // remove_extra_whitespaces): [▁, ▁Once] reads "Once". False if it drops only the first: " Once".
   bool drops_spaces_until_text_ = false;
@@ -172,6 +519,7 @@ class StreamingDecoder {
 };
 
 inline Tokenizer Tokenizer::load(const std::string& path) {
+  if (detect_format(path) == FileFormat::kGguf) return from_vocab(load_gguf_vocab(path), path);
   const std::string bytes = detail::read_file(path);
   auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const sentencepiece::util::Status status = processor->LoadFromSerializedProto(bytes);
@@ -179,12 +527,69 @@ inline Tokenizer Tokenizer::load(const std::string& path) {
     throw Error(ErrorCode::kTokenizer, "tokenizer: '" + path +
                                            "' is not a SentencePiece model: " + status.ToString());
   }
-  return Tokenizer(std::move(processor), path);
+  Tokenizer tokenizer(std::move(processor), path);
+  detail::ProtoReader model(bytes);  // SentencePiece has just parsed it: it is well formed
+  while (model.next()) {
+    if (model.field() != detail::spm::kModelNormalizerSpec) continue;
+    detail::ProtoReader normalizer(model.bytes());
+    while (normalizer.next()) {
+      if (normalizer.field() == detail::spm::kNormalizerAddDummyPrefix) {
+        tokenizer.add_space_prefix_ = normalizer.varint() != 0;
+      } else if (normalizer.field() == detail::spm::kNormalizerRemoveExtraWhitespaces) {
+        tokenizer.remove_extra_whitespaces_ = normalizer.varint() != 0;
+      }
+    }
+  }
+  return tokenizer;
+}
+
+inline TokenizerVocab Tokenizer::vocab() const {
+  TokenizerVocab v;
+  v.model = "llama";
+  for (int id = 0; id < vocab_size(); ++id) {
+    v.tokens.push_back(processor_->IdToPiece(id));
+    v.scores.push_back(processor_->GetScore(id));
+    std::int32_t type = detail::spm::kTypeNormal;
+    if (processor_->IsUnknown(id)) type = detail::spm::kTypeUnknown;
+    if (processor_->IsControl(id)) type = detail::spm::kTypeControl;
+    if (processor_->IsUnused(id)) type = detail::spm::kTypeUnused;
+    if (processor_->IsByte(id)) type = detail::spm::kTypeByte;
+    v.token_types.push_back(type);
+  }
+  v.bos = bos_;
+  v.eos = eos_;
+  v.unk = processor_->unk_id();
+  v.pad = processor_->pad_id();
+  v.add_bos = add_bos_;
+  v.add_eos = add_eos_;
+  v.add_space_prefix = add_space_prefix_;
+  v.remove_extra_whitespaces = remove_extra_whitespaces_;
+  return v;
+}
+
+inline Tokenizer Tokenizer::from_vocab(const TokenizerVocab& vocab, const std::string& source) {
+  detail::check_vocab(vocab, source);
+  auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  const sentencepiece::util::Status status =
+      processor->LoadFromSerializedProto(detail::sentencepiece_model_proto(vocab));
+  if (!status.ok()) {
+    throw Error(ErrorCode::kTokenizer, "tokenizer: '" + source +
+                                           "': SentencePiece refuses the vocabulary: " +
+                                           status.ToString());
+  }
+  Tokenizer tokenizer(std::move(processor), source);
+  tokenizer.bos_ = vocab.bos;
+  tokenizer.eos_ = vocab.eos;
+  tokenizer.add_bos_ = vocab.add_bos;
+  tokenizer.add_eos_ = vocab.add_eos;
+  tokenizer.add_space_prefix_ = vocab.add_space_prefix;
+  tokenizer.remove_extra_whitespaces_ = vocab.remove_extra_whitespaces;
+  return tokenizer;
 }
 
 inline Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> processor,
                             const std::string& path)
-    : processor_(std::move(processor)) {
+    : processor_(std::move(processor)), bos_(processor_->bos_id()), eos_(processor_->eos_id()) {
   const int n = processor_->GetPieceSize();
   texts_.resize(static_cast<std::size_t>(n));
   int lone_space = -1;  // a piece that reads " " mid-sequence and "" at the start, e.g. "▁"

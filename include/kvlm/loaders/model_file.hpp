@@ -14,6 +14,8 @@
 //   output.weight                          [vocab_size, dim], absent when the classifier is shared
 
 #include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,5 +50,17 @@ struct ModelFile {
   std::string format;                         // e.g. "GGUF v3", "llama2.c (legacy)"
   std::uint64_t file_bytes = 0;               // size of the file it came from
 };
+
+/// The formats a model file can be in. Only GGUF has a magic number; a llama2.c legacy
+/// checkpoint starts straight with its header, so anything else is left to that loader to judge.
+enum class FileFormat { kGguf, kLlama2c };
+
+/// The format of the file at `path`, from its first bytes (never its name). A file that cannot be
+/// read counts as kLlama2c, whose loader then says why it cannot be read.
+inline FileFormat detect_format(const std::string& path) {
+  char magic[4] = {};
+  std::ifstream(path, std::ios::binary).read(magic, 4);
+  return std::memcmp(magic, "GGUF", 4) == 0 ? FileFormat::kGguf : FileFormat::kLlama2c;
+}
 
 }  // namespace kvlm
