@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "kvlm/detail/read_file.hpp"
+#include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/loaders/model_file.hpp"
 
 namespace examples {
 
@@ -66,13 +68,23 @@ inline float parse_float(const std::string& flag, const std::string& text, float
   return v;
 }
 
+// A weight type by its GGUF name: F32, F16, BF16, Q8_0 or Q4_0.
+inline kvlm::DType parse_dtype(const std::string& text) {
+  for (kvlm::DType t : {kvlm::DType::kF32, kvlm::DType::kF16, kvlm::DType::kBF16,
+                        kvlm::DType::kQ8_0, kvlm::DType::kQ4_0}) {
+    if (text == kvlm::to_string(t)) return t;
+  }
+  throw UsageError("TYPE must be F32, F16, BF16, Q8_0 or Q4_0, got '" + text + "'");
+}
+
 inline bool has_suffix(const std::string& s, const std::string& suffix) {
   return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// The tokenizer to use with `model_path` when none was given: tokenizer.model beside the model,
-// else the only *.model file there.
+// The tokenizer to use with `model_path` when none was given: "" for a GGUF file (it embeds its
+// own); for a llama2.c checkpoint tokenizer.model beside the model, else the only *.model there.
 inline std::string find_tokenizer(const std::string& model_path) {
+  if (kvlm::detect_format(model_path) == kvlm::FileFormat::kGguf) return "";
   if (!std::ifstream(model_path).good()) {
     throw kvlm::Error(kvlm::ErrorCode::kIo, model_path + ": cannot open");
   }

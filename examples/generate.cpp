@@ -16,9 +16,10 @@ namespace {
 constexpr const char* kUsage =
     "usage: generate -m MODEL [-z TOKENIZER] [-p PROMPT] [-n MAX_NEW] [--temp T] [--top-k K]\n"
     "                [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
-    "                [-c CONTEXT] [--stop STRING]...\n"
-    "  -m MODEL          llama2.c checkpoint (.bin)\n"
-    "  -z TOKENIZER      SentencePiece model; default: the *.model file beside MODEL\n"
+    "                [-c CONTEXT] [--stop STRING]... [-v]\n"
+    "  -m MODEL          GGUF file, or llama2.c checkpoint (.bin)\n"
+    "  -z TOKENIZER      SentencePiece .model or GGUF file; default: the GGUF's own, or for a\n"
+    "                    .bin the *.model file beside it\n"
     "  -p PROMPT         text to continue; default: start from BOS alone\n"
     "  -n MAX_NEW        most tokens to generate (default 256)\n"
     "  --temp T          temperature, 0 = greedy (default 0.8)\n"
@@ -28,14 +29,16 @@ constexpr const char* kUsage =
     "  --repeat-penalty R  penalise recent tokens, 1 = off (default 1)\n"
     "  --seed S          sampling seed (default: random)\n"
     "  -t THREADS        threads (default: all cores)\n"
-    "  -c CONTEXT        context length (default: the model's)\n"
-    "  --stop STRING     stop before STRING (repeatable)\n";
+    "  -c CONTEXT        context length (default: the model's; may exceed it)\n"
+    "  --stop STRING     stop before STRING (repeatable)\n"
+    "  -v, --verbose     describe the model on stderr before generating\n";
 
 int run(int argc, char** argv) {
   examples::Args args(argc, argv);
   std::string model_path, tokenizer_path, prompt;
   kvlm::SessionOptions session_options;
   kvlm::GenerateOptions options;
+  bool verbose = false;
   options.sampler.seed = std::random_device{}();
   constexpr long long kIntMax = std::numeric_limits<int>::max();
   while (!args.done()) {
@@ -53,13 +56,16 @@ int run(int argc, char** argv) {
     else if (flag == "-t") session_options.n_threads = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 1024));
     else if (flag == "-c") session_options.max_seq_len = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, kIntMax));
     else if (flag == "--stop") options.stop.push_back(args.value(flag));
+    else if (flag == "-v" || flag == "--verbose") verbose = true;
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }
     else throw examples::UsageError("unknown argument '" + flag + "'");
   }
   if (model_path.empty()) throw examples::UsageError("-m MODEL is required");
   if (tokenizer_path.empty()) tokenizer_path = examples::find_tokenizer(model_path);
 
-  kvlm::Session session(kvlm::Model::load(model_path, tokenizer_path), session_options);
+  const auto model = kvlm::Model::load(model_path, tokenizer_path);
+  if (verbose) std::cerr << model->summary();
+  kvlm::Session session(model, session_options);
   // The prompt is printed once generation has started, so a prompt that is refused (say, longer
   // than the context) leaves stdout empty.
   bool prompt_printed = false;

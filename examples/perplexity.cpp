@@ -16,6 +16,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: perplexity -m MODEL [-z TOKENIZER] -f TEXT_FILE [-c CONTEXT] [-t THREADS]\n"
     "                  [--logits-out FILE]\n"
+    "  -m MODEL           GGUF file, or llama2.c checkpoint (.bin)\n"
+    "  -z TOKENIZER       default: the GGUF's own, or the *.model file beside a .bin\n"
     "  -c CONTEXT         tokens per chunk (default: the model's context)\n"
     "  --logits-out FILE  write the first chunk's logits as float32 [n_tokens, vocab_size]\n";
 

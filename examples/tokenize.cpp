@@ -10,7 +10,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tokenize -m MODEL_OR_TOKENIZER [--no-bos] (-p TEXT | -f FILE)\n"
-    "  -m PATH     a SentencePiece model (*.model), or a model file with one beside it\n"
+    "  -m PATH     a GGUF file (its embedded vocabulary), a SentencePiece model (*.model),\n"
+    "              or a llama2.c checkpoint with a *.model beside it\n"
     "  --no-bos    do not start with BOS\n"
     "  -p TEXT     the text; -f FILE reads it from a file\n";
 
@@ -30,9 +31,10 @@ int run(int argc, char** argv) {
   }
   if (path.empty()) throw examples::UsageError("-m MODEL_OR_TOKENIZER is required");
   if (!have_text) throw examples::UsageError("give the text with -p or -f");
-  const bool is_tokenizer = examples::has_suffix(path, ".model");
+  const bool is_llama2c = kvlm::detect_format(path) == kvlm::FileFormat::kLlama2c &&
+                         !examples::has_suffix(path, ".model");
   const kvlm::Tokenizer tokenizer =
-      kvlm::Tokenizer::load(is_tokenizer ? path : examples::find_tokenizer(path));
+      kvlm::Tokenizer::load(is_llama2c ? examples::find_tokenizer(path) : path);
   const std::vector<kvlm::Token> ids = tokenizer.encode(text, add_bos);
   for (std::size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
   std::cout << "\n";

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "kvlm/detail/parallel.hpp"
+#include "kvlm/kernels/scalar.hpp"
+#include "kvlm/matmul.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
@@ -103,7 +105,8 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
   Tensor<float> y_buffer({c.n_tokens + 2, c.out});
   std::fill(y_buffer.data(), y_buffer.data() + y_buffer.size(), kGuard);
   const TensorView<float> y = y_buffer.view().rows_slice(1, c.n_tokens);
-  matmul(x.view(), wv, y, n_threads);
+  MatmulScratch scratch(c.n_tokens, c.in, n_threads);
+  matmul(x.view(), wv, y, scratch, n_threads);
 
   for (std::int64_t t = 0; t < c.n_tokens; ++t) {
     for (std::int64_t r = 0; r < c.out; ++r) {
@@ -123,6 +126,64 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
     EXPECT_EQ(y_buffer.view().row(c.n_tokens + 1)[r], kGuard);
   }
 }
+
+// Weights of every stored type: the product must equal the plain loop over the exactly
+// dequantized weights. Up to MatmulScratch::kMaxGemvTokens tokens it runs the gemv kernels, which
+// for Q8_0/Q4_0 take the activations rounded to 8-bit blocks: each x_i moves by at most half a
+// step d = amax / 127 of its block (plus the float16 rounding of d, 127 * 2^-11 d), so the error
+// is bounded by sum_i |w_i| * 0.57 d. Every other case computes in float: kMatmulRelTolerance.
+class OpsTypedMatmul : public ::testing::TestWithParam<std::tuple<DType, int, int>> {};
+
+TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
+  const auto [type, n_tokens, n_threads] = GetParam();
+  const std::int64_t in = 256, out = 517;
+  const Tensor<float> x = random_tensor(n_tokens, in, 20);
+  const Tensor<float> w = random_tensor(out, in, 21);
+  std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
+  for (std::int64_t r = 0; r < out; ++r) {
+    kernels::scalar::from_float(type, w.view().row(r), stored.data() + r * row_bytes(type, in), in);
+  }
+  const WeightView wv{type, out, in, stored.data()};
+  Tensor<float> y({n_tokens, out});
+  MatmulScratch scratch(n_tokens, in, n_threads);
+  matmul(x.view(), wv, y.view(), scratch, n_threads);
+
+  const bool int8_activations = (type == DType::kQ8_0 || type == DType::kQ4_0) &&
+                                n_tokens <= MatmulScratch::kMaxGemvTokens;
+  std::vector<float> row(in);
+  for (std::int64_t r = 0; r < out; ++r) {
+    kernels::scalar::to_float(type, wv.row(r), row.data(), in);
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      const float* xt = x.view().row(t);
+      double sum = 0.0, magnitude = 0.0, bound = 0.0;
+      for (std::int64_t k = 0; k < in; ++k) {
+        sum += double{xt[k]} * row[k];
+        magnitude += std::abs(double{xt[k]} * row[k]);
+      }
+      for (std::int64_t b = 0; int8_activations && b < in; b += 32) {
+        double amax = 0.0, w_abs = 0.0;
+        for (std::int64_t k = b; k < b + 32; ++k) {
+          amax = std::max(amax, double{std::abs(xt[k])});
+          w_abs += std::abs(row[k]);
+        }
+        bound += w_abs * 0.57 * amax / 127.0;
+      }
+      ASSERT_NEAR(y.view().row(t)[r], sum, bound + kMatmulRelTolerance * magnitude)
+          << to_string(type) << " token " << t << " row " << r;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OpsTypes, OpsTypedMatmul,
+    ::testing::Combine(::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0,
+                                         DType::kQ4_0),
+                       ::testing::Values(1, 3, 4, 5, 40), ::testing::Values(1, 2)),
+    [](const ::testing::TestParamInfo<OpsTypedMatmul::ParamType>& info) {
+      return std::string(to_string(std::get<0>(info.param))) + "_tokens" +
+             std::to_string(std::get<1>(info.param)) + "_threads" +
+             std::to_string(std::get<2>(info.param));
+    });
 
 // Shapes that are and are not multiples of the 16-row grain; the last of each group is large
 // enough (n_tokens * in * out >= kMinParallelWork) that two threads really split the rows.
@@ -322,6 +383,28 @@ TEST(Ops, AddInPlaceAddsElementwise) {
   const std::vector<float> before(x.data(), x.data() + x.size());
   add_in_place(x.view(), y.view());
   for (std::int64_t i = 0; i < x.size(); ++i) EXPECT_EQ(x.data()[i], before[i] + y.data()[i]);
+}
+
+TEST(Ops, EmbedDequantizesTheTokensRows) {
+  const std::int64_t vocab = 7, dim = 64;
+  const Tensor<float> table = random_tensor(vocab, dim, 61);
+  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+    std::vector<std::byte> stored(static_cast<std::size_t>(vocab) * row_bytes(type, dim));
+    for (std::int64_t r = 0; r < vocab; ++r) {
+      kernels::scalar::from_float(type, table.view().row(r), stored.data() + r * row_bytes(type, dim), dim);
+    }
+    const WeightView tv{type, vocab, dim, stored.data()};
+    const std::vector<Token> tokens = {6, 0, 6};
+    Tensor<float> out({3, dim});
+    embed(tokens.data(), tv, out.view());
+    std::vector<float> expected(dim);
+    for (std::size_t t = 0; t < tokens.size(); ++t) {
+      kernels::scalar::to_float(type, tv.row(tokens[t]), expected.data(), dim);
+      for (std::int64_t i = 0; i < dim; ++i) {
+        EXPECT_EQ(out.view().row(static_cast<std::int64_t>(t))[i], expected[i]) << to_string(type);
+      }
+    }
+  }
 }
 
 TEST(Ops, EmbedCopiesTheTokensRows) {

@@ -1,11 +1,13 @@
 #pragma once
 // An independent reference: the Llama forward pass written as plain loops in double precision,
 // the way llama2.c's run.c reads (no Eigen, no cache, no batching). It shares nothing with kvlm's
-// kernels but the weights, so agreement with it checks every op at once.
+// kernels but the weights, which it dequantizes exactly with the scalar reference, so agreement
+// with it checks every op and every fast kernel at once.
 
 #include <cmath>
 #include <vector>
 
+#include "kvlm/kernels/scalar.hpp"
 #include "kvlm/model.hpp"
 
 namespace kvlm::test {
@@ -15,14 +17,18 @@ inline std::vector<double> reference_logits(const Model& model, const std::vecto
   const ModelConfig& c = model.config();
   const int n = static_cast<int>(tokens.size());
   const int dim = c.dim, hd = c.head_dim, q_dim = c.q_dim();
-  auto w_at = [](const WeightView& w, std::int64_t r, std::int64_t col) {
-    return static_cast<double>(static_cast<const float*>(w.data)[r * w.cols + col]);
+  // Row r of a weight, exactly dequantized by the scalar reference (a copy for F32).
+  auto row_of = [](const WeightView& w, std::int64_t r) {
+    std::vector<float> row(static_cast<std::size_t>(w.cols));
+    kernels::scalar::to_float(w.dtype, w.row(r), row.data(), w.cols);
+    return row;
   };
   // y[r] = sum_c W[r][c] x[c]
   auto matvec = [&](const WeightView& w, const std::vector<double>& x) {
     std::vector<double> y(static_cast<std::size_t>(w.rows), 0.0);
     for (std::int64_t r = 0; r < w.rows; ++r) {
-      for (std::int64_t col = 0; col < w.cols; ++col) y[r] += w_at(w, r, col) * x[col];
+      const std::vector<float> row = row_of(w, r);
+      for (std::int64_t col = 0; col < w.cols; ++col) y[r] += double{row[col]} * x[col];
     }
     return y;
   };
@@ -46,7 +52,8 @@ inline std::vector<double> reference_logits(const Model& model, const std::vecto
 
   std::vector<std::vector<double>> x(n, std::vector<double>(dim));
   for (int t = 0; t < n; ++t) {
-    for (int i = 0; i < dim; ++i) x[t][i] = w_at(model.token_embedding(), tokens[t], i);
+    const std::vector<float> row = row_of(model.token_embedding(), tokens[t]);
+    for (int i = 0; i < dim; ++i) x[t][i] = row[i];
   }
   for (int l = 0; l < c.n_layers; ++l) {
     const BlockWeights& b = model.block(l);

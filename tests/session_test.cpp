@@ -473,8 +473,9 @@ TEST(SessionErrors, BadTokensAndArguments) {
   expect_error(ErrorCode::kTokenizer, "without a tokenizer",
                [&] { s.generate("hi", GenerateOptions{}, nullptr); });
   SessionOptions too_long;
-  too_long.max_seq_len = 97;
-  expect_error(ErrorCode::kInvalidArgument, "max_seq_len = 97", [&] { Session(model, too_long); });
+  too_long.max_seq_len = (1 << 24) + 1;
+  expect_error(ErrorCode::kInvalidArgument, "max_seq_len = 16777217",
+               [&] { Session(model, too_long); });
   SessionOptions no_batch;
   no_batch.max_batch = 0;
   expect_error(ErrorCode::kInvalidArgument, "max_batch = 0", [&] { Session(model, no_batch); });

@@ -7,6 +7,7 @@
 
 #include "kvlm/attention.hpp"
 #include "kvlm/config.hpp"
+#include "kvlm/matmul.hpp"
 #include "kvlm/ops.hpp"
 #include "kvlm/tensor.hpp"
 
@@ -33,7 +34,8 @@ struct BlockScratch {
         att({max_batch, config.q_dim()}),
         gate({max_batch, config.hidden_dim}),
         up({max_batch, config.hidden_dim}),
-        scores({n_threads, std::max(max_batch, config.group()), max_seq_len}) {}
+        scores({n_threads, std::max(max_batch, config.group()), max_seq_len}),
+        matmul(max_batch, std::max({config.dim, config.q_dim(), config.hidden_dim}), n_threads) {}
 
   Tensor<float> xb;      // [max_batch, dim]: normed input, then each sublayer's output
   Tensor<float> q;       // [max_batch, n_heads * head_dim]
@@ -41,6 +43,7 @@ struct BlockScratch {
   Tensor<float> gate;    // [max_batch, hidden_dim]
   Tensor<float> up;      // [max_batch, hidden_dim]
   Tensor<float> scores;  // [n_threads, max(max_batch, group), max_seq_len]
+  MatmulScratch matmul;  // quantized activations and dequantized weight tiles
 };
 
 /// Runs one layer over tokens at positions [start_pos, start_pos + n_tokens), n_tokens = x.rows().
@@ -58,20 +61,20 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, cons
   auto v_new = values.rows_slice(start_pos, n);
 
   rms_norm(x, w.attn_norm, config.norm_eps, xb);
-  matmul(xb, {{w.wq, q}, {w.wk, k_new}, {w.wv, v_new}}, n_threads);
+  matmul(xb, {{w.wq, q}, {w.wk, k_new}, {w.wv, v_new}}, scratch.matmul, n_threads);
   rope(q, config.head_dim, start_pos, rope_table);
   rope(k_new, config.head_dim, start_pos, rope_table);
   const AttentionShape shape{config.n_heads, config.n_kv_heads, config.head_dim};
   attention(q, keys, values, shape, start_pos, scratch.scores.view(), att, n_threads);
-  matmul(att, w.wo, xb, n_threads);
+  matmul(att, w.wo, xb, scratch.matmul, n_threads);
   add_in_place(x, xb);
 
   auto gate = scratch.gate.view().rows_slice(0, n);
   auto up = scratch.up.view().rows_slice(0, n);
   rms_norm(x, w.ffn_norm, config.norm_eps, xb);
-  matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, n_threads);
+  matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, scratch.matmul, n_threads);
   silu_mul(gate, up);
-  matmul(gate, w.w_down, xb, n_threads);
+  matmul(gate, w.w_down, xb, scratch.matmul, n_threads);
   add_in_place(x, xb);
 }
 

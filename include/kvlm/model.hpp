@@ -4,8 +4,8 @@
 // std::shared_ptr<const Model> by any number of sessions on any threads.
 
 #include <cstdint>
-#include <cstring>
-#include <fstream>
+#include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +15,7 @@
 #include "kvlm/config.hpp"
 #include "kvlm/decoder_block.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/loaders/gguf.hpp"
 #include "kvlm/loaders/llama2c.hpp"
 #include "kvlm/loaders/model_file.hpp"
 #include "kvlm/tensor.hpp"
@@ -24,17 +25,24 @@ namespace kvlm {
 
 class Model {
  public:
-  /// Loads a model file (llama2.c checkpoint, legacy or version 1) and, if tokenizer_path is not
-  /// empty, its SentencePiece tokenizer.
+  /// Loads a model file, GGUF or llama2.c checkpoint (told apart by the file's first bytes, not
+  /// its name), with its tokenizer: the one at tokenizer_path if that is not empty (a
+  /// SentencePiece .model file, or a GGUF file's embedded vocabulary), else the one a GGUF file
+  /// embeds. A llama2.c checkpoint has none of its own.
   /// @throws Error naming the file and the problem (kIo, kFormat, kConfig, kTokenizer).
   static std::shared_ptr<const Model> load(const std::string& model_path,
                                            const std::string& tokenizer_path = {}) {
+    ModelFile file = load_model_file(model_path);
     std::optional<Tokenizer> tokenizer;
-    if (!tokenizer_path.empty()) tokenizer.emplace(Tokenizer::load(tokenizer_path));
+    if (!tokenizer_path.empty()) {
+      tokenizer.emplace(Tokenizer::load(tokenizer_path));
+    } else if (file.vocab) {
+      tokenizer.emplace(Tokenizer::from_vocab(*file.vocab, model_path));
+    }
     try {
-      return from_file(load_model_file(model_path), std::move(tokenizer));
+      return from_file(std::move(file), std::move(tokenizer));
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::kTokenizer) throw;
+      if (e.code() != ErrorCode::kTokenizer || tokenizer_path.empty()) throw;
       throw Error(e.code(), tokenizer_path + " does not fit " + model_path + ": " + e.what());
     }
   }
@@ -61,19 +69,23 @@ class Model {
   const WeightView& classifier() const { return classifier_; }            // [vocab_size, dim]
   /// Bytes of weight data a decode step reads: every matrix but the embedding table.
   std::size_t decode_weight_bytes() const { return decode_weight_bytes_; }
+  /// Weights in all the matrices and norms (the classifier once when it is shared).
+  std::int64_t parameter_count() const;
+  /// For people: format, sizes, parameters, tensor types, file size, vocabulary and context,
+  /// one "name: value" per line.
+  std::string summary() const;
 
  private:
   static ModelFile load_model_file(const std::string& path) {
-    char magic[4] = {};
-    std::ifstream(path, std::ios::binary).read(magic, 4);  // unreadable: the loader says why
-    if (std::memcmp(magic, "GGUF", 4) == 0) {
-      throw Error(ErrorCode::kFormat, path + ": GGUF files are not supported by this version");
-    }
-    return load_llama2c(path);
+    return detect_format(path) == FileFormat::kGguf ? load_gguf(path) : load_llama2c(path);
   }
 
   Model(ModelFile file, std::optional<Tokenizer> tokenizer)
-      : config_(file.config), storage_(std::move(file.storage)), tokenizer_(std::move(tokenizer)) {
+      : config_(file.config),
+        storage_(std::move(file.storage)),
+        tokenizer_(std::move(tokenizer)),
+        format_(file.format),
+        file_bytes_(file.file_bytes) {
     config_.validate();
     const std::int64_t dim = config_.dim, hidden = config_.hidden_dim;
     const std::int64_t q_dim = config_.q_dim(), kv_dim = config_.kv_dim();
@@ -140,6 +152,54 @@ class Model {
   TensorView<const float> final_norm_;
   WeightView classifier_;
   std::size_t decode_weight_bytes_ = 0;
+  std::string format_;
+  std::uint64_t file_bytes_ = 0;
 };
+
+inline std::int64_t Model::parameter_count() const {
+  const ModelConfig& c = config_;
+  auto size = [](const WeightView& w) { return w.rows * w.cols; };
+  std::int64_t n = size(token_embedding_) + c.dim;  // + the final norm
+  if (!c.shared_classifier) n += size(classifier_);
+  for (const BlockWeights& b : blocks_) {
+    n += 2 * c.dim;  // the two norms
+    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      n += size(*w);
+    }
+  }
+  return n;
+}
+
+inline std::string Model::summary() const {
+  const ModelConfig& c = config_;
+  std::map<std::string, int> types;  // matrices per stored type
+  ++types[to_string(token_embedding_.dtype)];
+  if (!c.shared_classifier) ++types[to_string(classifier_.dtype)];
+  for (const BlockWeights& b : blocks_) {
+    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      ++types[to_string(w->dtype)];
+    }
+  }
+  std::string type_counts;
+  for (const auto& [name, count] : types) {
+    type_counts += (type_counts.empty() ? "" : ", ") + std::to_string(count) + " " + name;
+  }
+  char params[32];
+  std::snprintf(params, sizeof params, "%.2f M", parameter_count() / 1e6);
+  char file_size[32];
+  std::snprintf(file_size, sizeof file_size, "%.2f MiB", file_bytes_ / 1048576.0);
+  return "format: " + (format_.empty() ? std::string("built in memory") : format_) +
+         "\narchitecture: llama, " + std::to_string(c.n_layers) + " layers, dim " +
+         std::to_string(c.dim) + ", hidden " + std::to_string(c.hidden_dim) + ", " +
+         std::to_string(c.n_heads) + " heads / " + std::to_string(c.n_kv_heads) +
+         " KV heads of " + std::to_string(c.head_dim) + ", rope theta " +
+         std::to_string(static_cast<long long>(c.rope_theta)) +
+         "\nparameters: " + params + (c.shared_classifier ? " (classifier shared)" : "") +
+         "\nmatrices: " + type_counts + "; norms F32" +
+         "\nfile: " + file_size +
+         "\nvocabulary: " + std::to_string(c.vocab_size) +
+         (tokenizer_ ? " tokens" : " tokens (no tokenizer loaded)") +
+         "\ntrained context: " + std::to_string(c.max_seq_len) + " tokens\n";
+}
 
 }  // namespace kvlm

@@ -1,17 +1,15 @@
 #pragma once
-// The ops of a Llama forward pass: pure functions over views, inputs first and outputs last.
-// None allocates. Parallel ops take n_threads and run single-threaded when the work is small.
+// The elementwise ops of a Llama forward pass: pure functions over views, inputs first and
+// outputs last. None allocates. Products with weight matrices are in matmul.hpp.
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 
 #include "kvlm/config.hpp"
 #include "kvlm/detail/assert.hpp"
-#include "kvlm/detail/parallel.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
@@ -26,58 +24,6 @@ inline void rms_norm(TensorView<const float> x, TensorView<const float> weight, 
     Eigen::Map<const Eigen::ArrayXf> xi(x.row(i), x.cols());
     const float inv_rms = 1.0f / std::sqrt(xi.square().mean() + eps);
     Eigen::Map<Eigen::ArrayXf>(out.row(i), out.cols()) = xi * inv_rms * w;
-  }
-}
-
-/// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
-struct Product {
-  const WeightView& w;
-  TensorView<float> y;
-};
-
-/// y = x W^T for each product, all with the same input x: [n_tokens, in]. The rows of all the
-/// matrices, taken end to end, are split across the threads, so each thread reads only its share
-/// of the weights and the threads meet once for the whole list rather than once per matrix.
-inline void matmul(TensorView<const float> x, std::initializer_list<Product> products,
-                   int n_threads) {
-  const std::int64_t n_tokens = x.rows();
-  std::int64_t total_rows = 0;
-  for (const Product& p : products) {
-    KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
-    total_rows += p.w.rows;
-  }
-  detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
-                            [&](std::int64_t begin, std::int64_t end, int /*thread*/) {
-    std::int64_t first_row = 0;  // of the current product, in the concatenated rows
-    for (const Product& p : products) {
-      const std::int64_t lo = std::max(begin, first_row) - first_row;
-      const std::int64_t hi = std::min(end, first_row + p.w.rows) - first_row;
-      first_row += p.w.rows;
-      if (lo >= hi) continue;
-      const auto w_part = p.w.f32().rows_slice(lo, hi - lo).matrix();  // [hi - lo, in]
-      if (n_tokens == 1) {
-        Eigen::Map<Eigen::VectorXf>(p.y.data() + lo, hi - lo).noalias() = w_part * x.vector();
-      } else {
-        Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
-            p.y.data() + lo, n_tokens, hi - lo, Eigen::OuterStride<>(p.y.cols()));
-        y_part.noalias() = x.matrix() * w_part.transpose();
-      }
-    }
-  });
-}
-
-/// y = x W^T: x: [n_tokens, in]; w: [out, in] as stored; y: [n_tokens, out].
-inline void matmul(TensorView<const float> x, const WeightView& w, TensorView<float> y,
-                   int n_threads) {
-  matmul(x, {Product{w, y}}, n_threads);
-}
-
-/// out[i] = row tokens[i] of the embedding table. table: [vocab_size, dim]; out: [n_tokens, dim].
-/// Token ids are validated by the caller (Session), so they index the table.
-inline void embed(const Token* tokens, const WeightView& table, TensorView<float> out) {
-  const TensorView<const float> rows = table.f32();
-  for (std::int64_t i = 0; i < out.rows(); ++i) {
-    std::copy_n(rows.row(tokens[i]), rows.cols(), out.row(i));
   }
 }
 

@@ -24,6 +24,7 @@
 #include "kvlm/detail/stop_strings.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/kv_cache.hpp"
+#include "kvlm/matmul.hpp"
 #include "kvlm/model.hpp"
 #include "kvlm/ops.hpp"
 #include "kvlm/sampler.hpp"
@@ -41,7 +42,7 @@ enum class CacheMode {
 };
 
 struct SessionOptions {
-  int max_seq_len = 0;   // context length; 0 = the model's max_seq_len
+  int max_seq_len = 0;   // context length; 0 = the model's max_seq_len (may exceed it)
   int max_batch = 512;   // most tokens one forward pass takes; longer prompts run in chunks
   int n_threads = 0;     // 0 = every core of the machine
   CacheMode cache_mode = CacheMode::kCached;
@@ -75,7 +76,7 @@ using PieceCallback = std::function<bool(std::string_view piece)>;
 
 class Session {
  public:
-  /// @throws Error(kInvalidArgument) if an option is out of range (max_seq_len above the model's).
+  /// @throws Error(kInvalidArgument) if an option is out of range.
   explicit Session(std::shared_ptr<const Model> model, const SessionOptions& options = {})
       : model_(checked(std::move(model), options)),
         config_(model_->config()),
@@ -148,7 +149,7 @@ class Session {
       if (s.empty()) throw Error(ErrorCode::kInvalidArgument, "a stop string is empty");
     }
     Sampler sampler(options.sampler, config_.vocab_size);
-    std::vector<Token> prompt_tokens = tokenizer.encode(prompt, tokens_.empty());
+    std::vector<Token> prompt_tokens = tokenizer.encode(prompt, tokens_.empty() && tokenizer.add_bos());
     if (prompt_tokens.empty() && tokens_.empty()) prompt_tokens.push_back(tokenizer.bos());
     if (!prompt_tokens.empty()) check(prompt_tokens);
     const auto emit = [&on_piece](const std::string& text) {
@@ -236,11 +237,14 @@ class Session {
   static std::shared_ptr<const Model> checked(std::shared_ptr<const Model> model,
                                               const SessionOptions& options) {
     if (!model) throw Error(ErrorCode::kInvalidArgument, "Session needs a model");
-    const int limit = model->config().max_seq_len;
-    if (options.max_seq_len < 0 || options.max_seq_len > limit) {
+    // Like llama.cpp's -c, the context may exceed the length the model was trained for (RoPE is
+    // defined at every position; quality past it is the model's affair): GGUF files often state
+    // a short trained context.
+    if (options.max_seq_len < 0 || options.max_seq_len > detail::kMaxDimension) {
       throw Error(ErrorCode::kInvalidArgument,
                   "max_seq_len = " + std::to_string(options.max_seq_len) + " is outside [0, " +
-                      std::to_string(limit) + "] (0 = the model's)");
+                      std::to_string(detail::kMaxDimension) + "] (0 = the model's " +
+                      std::to_string(model->config().max_seq_len) + ")");
     }
     if (options.max_batch < 1) {
       throw Error(ErrorCode::kInvalidArgument,
@@ -317,7 +321,7 @@ class Session {
       TensorView<float> normed = scratch_.xb.view().rows_slice(0, rows);
       rms_norm(x.rows_slice(begin - chunk, rows), model_->final_norm(), config_.norm_eps, normed);
       matmul(normed, model_->classifier(), logits.rows_slice(begin - first_logit, rows),
-             n_threads_);
+             scratch_.matmul, n_threads_);
     }
   }
 

@@ -1,0 +1,143 @@
+#pragma once
+// matmul: y = x W^T for weights of any DType, the one door through which the forward pass
+// multiplies by a weight matrix. The type decides what runs behind it:
+//  - F32 weights go to Eigen directly (matrix-vector for one token, matrix-matrix for a batch);
+//  - other types, for a few tokens (decode), run the type's gemv kernel on the rows as stored,
+//    with the activations quantized once to Q8_0 blocks when the kernel takes 8-bit input;
+//  - other types, for a batch (prefill), dequantize tiles of kTileRows weight rows into a
+//    per-thread float tile and multiply the whole batch by each tile with Eigen.
+// Rows of all the products are split across the threads, so each thread reads only its share of
+// the weights and the threads meet once per call.
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+
+#include "kvlm/config.hpp"
+#include "kvlm/detail/assert.hpp"
+#include "kvlm/detail/parallel.hpp"
+#include "kvlm/dtype.hpp"
+#include "kvlm/kernels/kernels.hpp"
+#include "kvlm/tensor.hpp"
+
+namespace kvlm {
+
+/// Buffers a matmul over non-F32 weights needs, sized once (per session) so that a decode step
+/// allocates nothing.
+class MatmulScratch {
+ public:
+  // Weight rows dequantized per tile in a batched product: 64 rows of a 5632-wide matrix are
+  // 1.4 MB of floats, about what one core's L2 keeps while the batch streams past them.
+  static constexpr std::int64_t kTileRows = 64;
+  // Up to this many tokens a product runs the gemv kernels on the stored rows; above it,
+  // dequantizing a tile once and sharing it across the batch costs less.
+  static constexpr std::int64_t kMaxGemvTokens = 4;
+
+  /// max_batch: most rows of x; max_in: widest input (columns of x); n_threads: most threads.
+  MatmulScratch(std::int64_t max_batch, std::int64_t max_in, int n_threads)
+      : max_in_(max_in),
+        quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
+        tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
+
+  std::int64_t max_in() const { return max_in_; }
+  // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
+  BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
+  // A thread's tile of dequantized weight rows: [kTileRows, max_in].
+  float* tile(int thread) { return tiles_.view().row(thread * kTileRows); }
+
+ private:
+  std::int64_t max_in_;
+  Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(max_in / 32)]
+  Tensor<float> tiles_;          // [n_threads, kTileRows, max_in]
+};
+
+/// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
+struct Product {
+  const WeightView& w;
+  TensorView<float> y;
+};
+
+namespace detail {
+
+// Rows [lo, hi) of one product.
+inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_t lo,
+                        std::int64_t hi, MatmulScratch& scratch, int thread) {
+  const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
+  Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
+      p.y.data() + lo, n_tokens, n, Eigen::OuterStride<>(p.y.cols()));  // [n_tokens, n]
+  if (p.w.dtype == DType::kF32) {
+    const auto w_part = p.w.f32().rows_slice(lo, n).matrix();  // [n, in]
+    if (n_tokens == 1) {
+      Eigen::Map<Eigen::VectorXf>(p.y.data() + lo, n).noalias() = w_part * x.vector();
+    } else {
+      y_part.noalias() = x.matrix() * w_part.transpose();
+    }
+    return;
+  }
+  const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
+  if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      const void* act = k.activation == DType::kQ8_0 ? static_cast<const void*>(scratch.quantized(t))
+                                                     : static_cast<const void*>(x.row(t));
+      k.gemv(p.w.row(lo), n, in, act, p.y.row(t) + lo);
+    }
+    return;
+  }
+  float* tile = scratch.tile(thread);
+  for (std::int64_t r = lo; r < hi; r += MatmulScratch::kTileRows) {
+    const std::int64_t rows = std::min(MatmulScratch::kTileRows, hi - r);
+    for (std::int64_t i = 0; i < rows; ++i) k.to_float(p.w.row(r + i), tile + i * in, in);
+    const Eigen::Map<const RowMajorMatrix<float>> w_tile(tile, rows, in);  // [rows, in]
+    y_part.middleCols(r - lo, rows).noalias() = x.matrix() * w_tile.transpose();
+  }
+}
+
+}  // namespace detail
+
+/// y = x W^T for each product, all with the same input x: [n_tokens, in], n_tokens at most the
+/// scratch's max_batch and in at most its max_in.
+inline void matmul(TensorView<const float> x, std::initializer_list<Product> products,
+                   MatmulScratch& scratch, int n_threads) {
+  const std::int64_t n_tokens = x.rows();
+  std::int64_t total_rows = 0;
+  bool quantize = false;
+  for (const Product& p : products) {
+    KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
+    total_rows += p.w.rows;
+    quantize = quantize || (p.w.dtype != DType::kF32 && n_tokens <= MatmulScratch::kMaxGemvTokens &&
+                            kernels::kernels(p.w.dtype).activation == DType::kQ8_0);
+  }
+  KVLM_ASSERT(x.cols() <= scratch.max_in());
+  if (quantize) {  // once for every product and thread; x.cols() is a multiple of 32 here
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      kernels::quantize_activation(x.row(t), scratch.quantized(t), x.cols());
+    }
+  }
+  detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
+                            [&](std::int64_t begin, std::int64_t end, int thread) {
+    std::int64_t first_row = 0;  // of the current product, in the concatenated rows
+    for (const Product& p : products) {
+      const std::int64_t lo = std::max(begin, first_row) - first_row;
+      const std::int64_t hi = std::min(end, first_row + p.w.rows) - first_row;
+      first_row += p.w.rows;
+      if (lo < hi) detail::matmul_rows(x, p, lo, hi, scratch, thread);
+    }
+  });
+}
+
+/// y = x W^T: x: [n_tokens, in]; w: [out, in] as stored; y: [n_tokens, out].
+inline void matmul(TensorView<const float> x, const WeightView& w, TensorView<float> y,
+                   MatmulScratch& scratch, int n_threads) {
+  matmul(x, {Product{w, y}}, scratch, n_threads);
+}
+
+/// out[i] = row tokens[i] of the embedding table, dequantized. table: [vocab_size, dim];
+/// out: [n_tokens, dim]. Token ids are validated by the caller (Session), so they index the table.
+inline void embed(const Token* tokens, const WeightView& table, TensorView<float> out) {
+  const kernels::TypeKernels& k = kernels::kernels(table.dtype);
+  for (std::int64_t i = 0; i < out.rows(); ++i) k.to_float(table.row(tokens[i]), out.row(i), table.cols);
+}
+
+}  // namespace kvlm
