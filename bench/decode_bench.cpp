@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <random>
@@ -51,12 +52,22 @@ kvlm::Token argmax(kvlm::Span<const float> logits) {
 
 // n greedy tokens after the prompt; the prompt's prefill, and `untimed` before each
 // iteration, are outside the timing.
+// prompt_len tokens of a fixed prompt (the first 8 are "Once upon a time there was a" in
+// stories260K's vocabulary; any ids do for random weights).
+std::vector<kvlm::Token> prompt_of(int prompt_len, int vocab_size) {
+  std::vector<kvlm::Token> prompt = {1, 403, 407, 261, 378, 343, 404, 268};
+  for (int i = 8; i < prompt_len; ++i) prompt.push_back((i * 7919) % vocab_size);
+  prompt.resize(static_cast<std::size_t>(prompt_len));
+  return prompt;
+}
+
 void decode(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
-            kvlm::CacheMode mode, int n_tokens, const std::function<void()>& untimed = {}) {
+            kvlm::CacheMode mode, int n_tokens, int prompt_len = 8,
+            const std::function<void()>& untimed = {}) {
   kvlm::SessionOptions options;
   options.cache_mode = mode;
   kvlm::Session session(model, options);
-  const std::vector<kvlm::Token> prompt = {1, 403, 407, 261, 378, 343, 404, 268};  // 8 tokens
+  const std::vector<kvlm::Token> prompt = prompt_of(prompt_len, model->config().vocab_size);
   for (auto _ : state) {
     state.PauseTiming();
     if (untimed) untimed();
@@ -167,20 +178,22 @@ std::shared_ptr<const kvlm::Model> stories110m() {
   return model;
 }
 
-void BM_DecodeRoofline(benchmark::State& state) {
-  const auto model = stories110m();
-  const int n_tokens = 32;
-  // The bandwidth of this shared machine drifts by tens of percent from minute to minute, so it
-  // is measured between the timed iterations, and the roofline uses the mean.
+// Decode of n_tokens greedy tokens after a prompt of prompt_len, with the machine's read
+// bandwidth measured between the timed iterations (it drifts by tens of percent from minute to
+// minute on this shared machine) and the roofline tok/s it allows beside the result.
+void decode_against_roofline(benchmark::State& state,
+                             const std::shared_ptr<const kvlm::Model>& model, int prompt_len,
+                             int n_tokens) {
   double bandwidth_sum = 0.0;
   int probes = 0;
-  decode(state, model, kvlm::CacheMode::kCached, n_tokens, [&] {
+  decode(state, model, kvlm::CacheMode::kCached, n_tokens, prompt_len, [&] {
     bandwidth_sum += read_bandwidth(3);
     ++probes;
   });
   // Bytes a step reads: the weights (all but the embedding table) and the cache so far.
   const kvlm::ModelConfig& c = model->config();
-  const double kv_bytes = 2.0 * c.n_layers * c.kv_dim() * sizeof(float) * (8 + n_tokens / 2);
+  const double kv_bytes =
+      2.0 * c.n_layers * c.kv_dim() * sizeof(float) * (prompt_len + n_tokens / 2);
   const double bytes_per_token = static_cast<double>(model->decode_weight_bytes()) + kv_bytes;
   const double roofline_tok_s = bandwidth_sum / probes / bytes_per_token;
   state.counters["GB_per_s"] = bandwidth_sum / probes / 1e9;
@@ -188,6 +201,10 @@ void BM_DecodeRoofline(benchmark::State& state) {
   state.counters["fraction_of_roofline"] = benchmark::Counter(
       static_cast<double>(n_tokens) / roofline_tok_s, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["MB_per_token"] = bytes_per_token / 1e6;
+}
+
+void BM_DecodeRoofline(benchmark::State& state) {
+  decode_against_roofline(state, stories110m(), 8, 32);
 }
 BENCHMARK(BM_DecodeRoofline)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -234,21 +251,19 @@ BENCHMARK(BM_PeakFlops)->UseManualTime()->Iterations(1);
 // Prefill of a 512-token prompt on the stories110M shape (llama.cpp's pp512), as tok/s and as a
 // fraction of the peak measured above. FLOPs count 2 per weight per token (the classifier's for
 // the last token only) and the causal half of attention's two products.
-void BM_Prefill(benchmark::State& state) {
-  const auto model = stories110m();
-  const int n_tokens = static_cast<int>(state.range(0));
-  std::vector<kvlm::Token> prompt(static_cast<std::size_t>(n_tokens));
-  for (int i = 0; i < n_tokens; ++i) prompt[i] = (i * 7919) % model->config().vocab_size;
+void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
+                          int n_tokens) {
+  const std::vector<kvlm::Token> prompt = prompt_of(n_tokens, model->config().vocab_size);
   kvlm::Session session(model, kvlm::SessionOptions{});
   for (auto _ : state) {
     session.reset();
     benchmark::DoNotOptimize(session.prefill(prompt).data());
   }
   const kvlm::ModelConfig& c = model->config();
-  // The classifier runs for the last token only.
+  // Every matrix but the embedding table runs for every token, the classifier for the last one.
   const double classifier_weights = static_cast<double>(c.vocab_size) * c.dim;
-  const double layer_weights =
-      static_cast<double>(model->decode_weight_bytes()) / sizeof(float) - classifier_weights;
+  const double layer_weights = static_cast<double>(model->parameter_count()) -
+                               classifier_weights * (c.shared_classifier ? 1 : 2);
   const double weight_flops = 2.0 * (layer_weights * n_tokens + classifier_weights);
   const double attention_flops = 2.0 * 2.0 * c.n_layers * c.n_heads * c.head_dim *
                                  (n_tokens * (n_tokens + 1.0) / 2.0);
@@ -260,8 +275,50 @@ void BM_Prefill(benchmark::State& state) {
       flops / measure_peak_flops(), benchmark::Counter::kIsIterationInvariantRate);
   add_context(state, session.n_threads());
 }
+
+void BM_Prefill(benchmark::State& state) {
+  prefill_against_peak(state, stories110m(), static_cast<int>(state.range(0)));
+}
 BENCHMARK(BM_Prefill)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
+// <shape>-<TYPE>.gguf (scripts/bench-types writes them with random_gguf), each as
+// BM_TypeDecode/<file> (16 tokens after a 128-token prompt, against the bandwidth roofline) and
+// BM_TypePrefill/<file> (512 tokens, against the FMA peak).
+void register_type_benchmarks() {
+  const char* dir = std::getenv("KVLM_BENCH_MODELS");
+  if (dir == nullptr || *dir == '\0') return;
+  for (const char* shape : {"stories110M", "tinyllama-1.1b"}) {
+    for (const char* type : {"F32", "F16", "BF16", "Q8_0", "Q4_0"}) {
+      const std::string name = std::string(shape) + "-" + type;
+      const std::string path = std::string(dir) + "/" + name + ".gguf";
+      if (!std::ifstream(path).good()) continue;
+      // Loaded once, on first use, so a filtered run maps only the files it measures.
+      auto model = [path, cached = std::shared_ptr<const kvlm::Model>()]() mutable {
+        if (!cached) cached = kvlm::Model::load(path);
+        return cached;
+      };
+      benchmark::RegisterBenchmark(("BM_TypeDecode/" + name).c_str(),
+                                   [model](benchmark::State& s) mutable {
+                                     decode_against_roofline(s, model(), 128, 16);
+                                   })
+          ->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::RegisterBenchmark(("BM_TypePrefill/" + name).c_str(),
+                                   [model](benchmark::State& s) mutable {
+                                     prefill_against_peak(s, model(), 512);
+                                   })
+          ->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+  }
+}
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  register_type_benchmarks();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,70 @@
+"""Prints the README's per-type table from one scripts/bench-types run (build/bench-types)."""
+import json
+import os
+import sys
+
+
+def load(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    return json.loads(text) if text.strip() else None
+
+
+def kvlm_rows(run):
+    rows = {}
+    for b in run["benchmarks"]:
+        if b.get("aggregate_name") in (None, "median"):
+            rows[b["run_name"].split("/")[0]] = b
+    return rows
+
+
+def peer(run):
+    """(pp512, tg128) tokens/s from llama-bench's JSON, or None."""
+    if not run:
+        return None
+    pp = next((r["avg_ts"] for r in run if r["n_prompt"] > 0 and r["n_gen"] == 0), None)
+    tg = next((r["avg_ts"] for r in run if r["n_gen"] > 0 and r["n_prompt"] == 0), None)
+    return pp, tg
+
+
+def main(folder, shape, types):
+    peers = ("llama.cpp", "ik_llama.cpp", "ik_llama.cpp-rtr")
+    print(f"{shape} shape, random weights, 2 threads; decode = 16 tokens after a 128-token prompt "
+          "(llama-bench: tg128), prefill = 512 tokens (pp512).\n")
+    print("| type | decode tok/s | roofline tok/s (GB/s) | of roofline | prefill tok/s "
+          "| of FMA peak (GFLOP/s) | llama.cpp pp / tg | ik_llama.cpp pp / tg "
+          "| ik -rtr pp / tg | kvlm / best peer pp, tg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in types:
+        name = f"{shape}-{t}"
+        run = load(f"{folder}/{name}-kvlm.json")
+        if not run:
+            continue
+        rows = kvlm_rows(run)
+        d, p = rows.get("BM_TypeDecode"), rows.get("BM_TypePrefill")
+        if not d or not p:
+            continue
+        cells = [t, f"{d['items_per_second']:.2f}",
+                 f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
+                 f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
+                 f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
+        best_pp = best_tg = 0.0
+        for name_peer in peers:
+            r = peer(load(f"{folder}/{name}-{name_peer}.json"))
+            if r and r[0] and r[1]:
+                cells.append(f"{r[0]:.1f} / {r[1]:.2f}")
+                best_pp, best_tg = max(best_pp, r[0]), max(best_tg, r[1])
+            else:
+                cells.append("-")
+        if best_pp and best_tg:
+            cells.append(f"{p['items_per_second'] / best_pp:.2f}x, "
+                         f"{d['items_per_second'] / best_tg:.2f}x")
+        else:
+            cells.append("-")
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
