@@ -31,6 +31,7 @@
 #include "kvlm/gguf/writer.hpp"
 #include "kvlm/loaders/llama2c.hpp"
 #include "kvlm/model.hpp"
+#include "expect_error.hpp"
 #include "models.hpp"
 
 namespace kvlm {
@@ -45,30 +46,7 @@ std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Calls f and reports whether it threw a kvlm::Error with `code` whose message contains every
-// one of `needles`.
-::testing::AssertionResult throws_error(const std::function<void()>& f, ErrorCode code,
-                                        const std::vector<std::string>& needles) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    if (e.code() != code) {
-      return ::testing::AssertionFailure() << "code " << to_string(e.code()) << ", expected "
-                                           << to_string(code) << "; message: " << what;
-    }
-    for (const std::string& needle : needles) {
-      if (what.find(needle) == std::string::npos) {
-        return ::testing::AssertionFailure()
-               << "message \"" << what << "\" does not contain \"" << needle << "\"";
-      }
-    }
-    return ::testing::AssertionSuccess() << what;
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-kvlm exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
+using test::throws_error;
 
 // Little-endian GGUF bytes, piece by piece, for files no writer would produce.
 class Bytes {

@@ -22,6 +22,7 @@
 #include "kvlm/model.hpp"
 #include "kvlm/session.hpp"
 #include "kvlm/tensor.hpp"
+#include "expect_error.hpp"
 #include "models.hpp"
 
 namespace kvlm {
@@ -58,30 +59,7 @@ struct Header {
   }
 };
 
-// Calls f and reports whether it threw a kvlm::Error with `code` whose message contains every
-// one of `needles`.
-::testing::AssertionResult throws_error(const std::function<void()>& f, ErrorCode code,
-                                        const std::vector<std::string>& needles) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    if (e.code() != code) {
-      return ::testing::AssertionFailure() << "code " << to_string(e.code()) << ", expected "
-                                           << to_string(code) << "; message: " << what;
-    }
-    for (const std::string& needle : needles) {
-      if (what.find(needle) == std::string::npos) {
-        return ::testing::AssertionFailure()
-               << "message \"" << what << "\" does not contain \"" << needle << "\"";
-      }
-    }
-    return ::testing::AssertionSuccess() << what;
-  } catch (const std::exception& e) {
-    return ::testing::AssertionFailure() << "threw a non-kvlm exception: " << e.what();
-  }
-  return ::testing::AssertionFailure() << "did not throw";
-}
+using test::throws_error;
 
 class Llama2c : public ::testing::Test {
  protected:

@@ -64,6 +64,18 @@ inline VocabTestCases read_vocab_test_cases(const std::string& inp_path,
   return cases;
 }
 
+// llama.cpp's 46 test strings encode (without BOS) to its expected ids.
+inline void expect_encodes_vocab_test_cases(const Tokenizer& tokenizer, const std::string& inp_path,
+                                            const std::string& out_path) {
+  const VocabTestCases cases = read_vocab_test_cases(inp_path, out_path);
+  ASSERT_EQ(cases.texts.size(), 46u);
+  ASSERT_EQ(cases.ids.size(), cases.texts.size());
+  for (std::size_t i = 0; i < cases.texts.size(); ++i) {
+    EXPECT_EQ(tokenizer.encode(cases.texts[i], false), cases.ids[i])
+        << "string " << i << ": \"" << cases.texts[i] << "\"";
+  }
+}
+
 inline void append_utf8(std::string& s, std::uint32_t cp) {
   if (cp < 0x80) {
     s += static_cast<char>(cp);

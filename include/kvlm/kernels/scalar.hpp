@@ -61,19 +61,23 @@ inline void to_float(DType t, const void* row, float* out, std::int64_t n) {
   KVLM_ASSERT(false && "to_float: unknown DType");
 }
 
-// ggml's quantize_row_q8_0_ref: d = max|x| / 127 and q = round(x / d), ties away from zero.
-inline void from_float_q8_0(const float* x, BlockQ8_0* row, std::int64_t n) {
+// Q8_0 blocks of x: d = max|x| / 127 and q = round(x / d), rounding with `round`.
+template <typename Round>
+void quantize_q8_0_blocks(const float* x, BlockQ8_0* out, std::int64_t n, Round round) {
   for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
     const float* xb = x + b * BlockQ8_0::kSize;
     float amax = 0.0f;
     for (int j = 0; j < BlockQ8_0::kSize; ++j) amax = std::max(amax, std::fabs(xb[j]));
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    row[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < BlockQ8_0::kSize; ++j) {
-      row[b].qs[j] = static_cast<std::int8_t>(std::round(xb[j] * id));
-    }
+    out[b].d = fp32_to_fp16(d);
+    for (int j = 0; j < BlockQ8_0::kSize; ++j) out[b].qs[j] = static_cast<std::int8_t>(round(xb[j] * id));
   }
+}
+
+// ggml's quantize_row_q8_0_ref: ties round away from zero.
+inline void from_float_q8_0(const float* x, BlockQ8_0* row, std::int64_t n) {
+  quantize_q8_0_blocks(x, row, n, [](float v) { return std::round(v); });
 }
 
 // ggml's quantize_row_q4_0_ref: the element of largest magnitude (the first one on ties), with
@@ -143,17 +147,7 @@ inline float dot(DType t, const void* row, const float* x, std::int64_t n) {
 /// rounding to nearest even (std::nearbyint in the default rounding mode), which is what SIMD
 /// rounding instructions do, so the vector versions match it bit for bit. x: [n], out: [n / 32].
 inline void quantize_activation(const float* x, BlockQ8_0* out, std::int64_t n) {
-  for (std::int64_t b = 0; b < n / BlockQ8_0::kSize; ++b) {
-    const float* xb = x + b * BlockQ8_0::kSize;
-    float amax = 0.0f;
-    for (int j = 0; j < BlockQ8_0::kSize; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    out[b].d = fp32_to_fp16(d);
-    for (int j = 0; j < BlockQ8_0::kSize; ++j) {
-      out[b].qs[j] = static_cast<std::int8_t>(std::nearbyint(xb[j] * id));
-    }
-  }
+  quantize_q8_0_blocks(x, out, n, [](float v) { return std::nearbyint(v); });
 }
 
 /// The integers of one weight block, q[32] with weight j = d * q[j]; returns d.
