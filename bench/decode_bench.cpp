@@ -302,12 +302,12 @@ void register_type_benchmarks() {
                                    [model](benchmark::State& s) mutable {
                                      decode_against_roofline(s, model(), 128, 16);
                                    })
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
       benchmark::RegisterBenchmark(("BM_TypePrefill/" + name).c_str(),
                                    [model](benchmark::State& s) mutable {
                                      prefill_against_peak(s, model(), 512);
                                    })
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
     }
   }
 }

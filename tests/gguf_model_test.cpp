@@ -144,8 +144,12 @@ TEST(GgufModel, Stories260KF16LogitsStayCloseToTheCheckpoints) {
   // F16 rounds each weight by at most 2^-11 relative; through 5 layers the logits (|l| < 20)
   // move by a few 1e-3. Measured: see the README's types table.
   constexpr double kF16VsF32 = 2e-2;
-  EXPECT_LE(max_abs_diff(evaluate_all(f16, tokens), exact), kF16VsF32);
-  EXPECT_LE(max_abs_diff(step_all(f16, tokens), exact), kF16VsF32);
+  const double prefill = max_abs_diff(evaluate_all(f16, tokens), exact);
+  const double decode = max_abs_diff(step_all(f16, tokens), exact);
+  std::printf("[ measured ] stories260K F16 vs F32 logits: prefill %.2e, decode %.2e\n", prefill,
+              decode);
+  EXPECT_LE(prefill, kF16VsF32);
+  EXPECT_LE(decode, kF16VsF32);
   // Against its own dequantized weights, the F16 model is as exact as F32.
   const std::vector<double> reference = test::reference_logits(*f16, tokens);
   EXPECT_LE(max_abs_diff(step_all(f16, tokens), reference), 1e-4);
@@ -165,7 +169,7 @@ TEST(GgufModel, TinyGqaF32LogitsEqualTheCheckpoints) {
 
 class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 
-// Both paths: decode (gemv on the stored rows, 8-bit activations for Q8_0/Q4_0) and prefill
+// Both paths: decode (gemv on the stored rows, 8-bit activations for Q4_0) and prefill
 // (dequantized tiles in float), each against the float64 reference.
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
