@@ -8,9 +8,9 @@
 int main(int argc, char** argv) {
   const std::string models = argc > 1 ? argv[1] : "../shared/models";
   try {
-    // Weights are immutable once loaded; any number of sessions may share them.
-    auto model = kvlm::Model::load(models + "/stories260K/stories260K.bin",
-                                   models + "/stories260K/tok512.model");
+    // A GGUF file brings its own tokenizer; a llama2.c checkpoint takes the SentencePiece
+    // .model as a second argument. Weights are immutable once loaded and shared by sessions.
+    auto model = kvlm::Model::load(models + "/stories260K/stories260K-F32.gguf");
     kvlm::SessionOptions session_options;
     session_options.n_threads = 2;
     kvlm::Session session(model, session_options);  // owns its KV cache

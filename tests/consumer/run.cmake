@@ -55,7 +55,7 @@ run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
 # Like the model tests (tests/models.hpp): without a models folder, a failure under CI and a skip
 # (ctest's SKIP_REGULAR_EXPRESSION) elsewhere.
 include(${CMAKE_CURRENT_LIST_DIR}/../skip_or_fail.cmake)
-if(NOT EXISTS "${MODELS_DIR}/stories260K/stories260K.bin")
+if(NOT EXISTS "${MODELS_DIR}/stories260K/stories260K-F32.gguf")
   kvlm_skip_or_fail("consumer app built, not run: no models folder (MODELS_DIR='${MODELS_DIR}')")
 endif()
 run("${WORK_DIR}/build/app" "${MODELS_DIR}")
