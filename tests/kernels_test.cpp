@@ -1,7 +1,9 @@
 // kernels: the scalar reference against hand-computed values and double precision, and every
 // SIMD path this CPU has against the scalar reference: gemv and gemv_f32 within a named
-// tolerance, to_float and quantize_activation bit for bit, on random and extreme blocks. Also the
-// fp16 conversions against the hardware's, and the KVLM_SIMD choice.
+// tolerance, to_float and quantize_activation(_k) bit for bit, on random and extreme blocks. The
+// K types also against an independent decoding of ggml's byte layout and llama.cpp's own files,
+// and their quantizers' round-trip error. Also the fp16 conversions against the hardware's, and
+// the KVLM_SIMD choice.
 
 #include "kvlm/kernels/kernels.hpp"
 
@@ -10,7 +12,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -20,6 +24,8 @@
 
 #include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/gguf/reader.hpp"
+#include "models.hpp"
 
 namespace kvlm::kernels {
 namespace {
@@ -91,6 +97,12 @@ std::vector<double> decode(DType t, const std::uint8_t* row, std::int64_t n) {
         w[i] = d * (nibble - 8);
         break;
       }
+      case DType::kQ4_K:
+      case DType::kQ5_K:
+      case DType::kQ6_K:
+      case DType::kQ8_K:
+        ADD_FAILURE() << "decode: the K types are decoded by decode_k";
+        return w;
     }
   }
   return w;
@@ -611,6 +623,529 @@ TEST(KernelsGemv, IntegerPathStaysWithinTheActivationQuantizationError) {
   }
 }
 
+// --- K types (Q4_K, Q5_K, Q6_K) -----------------------------------------------------------------
+
+constexpr DType kKTypes[] = {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+std::uint16_t read_u16(const std::uint8_t* p) { return static_cast<std::uint16_t>(p[0] | p[1] << 8); }
+
+// Independent decoding of a K row from its bytes (ggml-common.h's offsets), in double, as the
+// two terms the kernels compute: weight i = scaled[i] - offset[i] (offset is 0 for Q6_K).
+struct KTerms {
+  std::vector<double> scaled;
+  std::vector<double> offset;
+};
+
+KTerms decode_k(DType t, const std::uint8_t* row, std::int64_t n) {
+  KTerms terms{std::vector<double>(static_cast<std::size_t>(n)), std::vector<double>(static_cast<std::size_t>(n))};
+  const std::size_t block_bytes = static_cast<std::size_t>(info(t).block_bytes);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::uint8_t* block = row + block_bytes * static_cast<std::size_t>(i / 256);
+    const int e = static_cast<int>(i % 256);
+    if (t == DType::kQ6_K) {  // ql[128] at 0, qh[64] at 128, int8 scales[16] at 192, d at 208
+      const int h = e / 128, j = e % 128 / 32, l = e % 32;
+      const std::uint8_t low_byte = block[64 * h + l + (j % 2) * 32];
+      const int low = j < 2 ? low_byte & 0x0F : low_byte >> 4;
+      const int high = (block[128 + 32 * h + l] >> (2 * j)) & 3;
+      const double d = fp16_to_fp32(read_u16(block + 208));
+      terms.scaled[i] = d * static_cast<std::int8_t>(block[192 + e / 16]) * ((low | high << 4) - 32);
+      continue;
+    }
+    // d at 0, dmin at 2, scales[12] at 4; Q5_K: qh[32] at 16 and qs[128] at 48; Q4_K: qs at 16.
+    const std::uint8_t* scales = block + 4;
+    const std::uint8_t* qs = block + (t == DType::kQ5_K ? 48 : 16);
+    const int s = e / 32, c = e / 64, l = e % 32;
+    int sc, m;
+    if (s < 4) {
+      sc = scales[s] & 63;
+      m = scales[s + 4] & 63;
+    } else {
+      sc = (scales[s + 4] & 0x0F) | (scales[s - 4] >> 6) << 4;
+      m = (scales[s + 4] >> 4) | (scales[s] >> 6) << 4;
+    }
+    int q = s % 2 == 0 ? qs[32 * c + l] & 0x0F : qs[32 * c + l] >> 4;
+    if (t == DType::kQ5_K) q |= ((block[16 + l] >> s) & 1) << 4;
+    terms.scaled[i] = static_cast<double>(fp16_to_fp32(read_u16(block))) * sc * q;
+    terms.offset[i] = static_cast<double>(fp16_to_fp32(read_u16(block + 2))) * m;
+  }
+  return terms;
+}
+
+// The fp16 fields of a K block: d and dmin (Q4_K, Q5_K) at 0 and 2, Q6_K's d at 208.
+void set_k_scales(DType t, std::uint8_t* block, std::uint16_t d, std::uint16_t dmin) {
+  if (t == DType::kQ6_K) {
+    std::memcpy(block + 208, &d, 2);
+    return;
+  }
+  std::memcpy(block, &d, 2);
+  std::memcpy(block + 2, &dmin, 2);
+}
+
+// [rows, cols] of K type t: random bytes (every q, scale and minimum) and random fp16 d, dmin of
+// either sign and magnitude up to `max_scale`.
+std::vector<std::uint8_t> random_k_matrix(DType t, std::int64_t rows, std::int64_t cols,
+                                          std::uint32_t seed, float max_scale = 0.01f) {
+  std::vector<std::uint8_t> m(row_bytes(t, cols) * static_cast<std::size_t>(rows));
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(-max_scale, max_scale);
+  for (std::uint8_t& v : m) v = static_cast<std::uint8_t>(byte(rng));
+  const std::size_t block_bytes = static_cast<std::size_t>(info(t).block_bytes);
+  for (std::size_t b = 0; b < m.size() / block_bytes; ++b) {
+    set_k_scales(t, m.data() + b * block_bytes, fp32_to_fp16(scale(rng)), fp32_to_fp16(scale(rng)));
+  }
+  return m;
+}
+
+std::vector<BlockQ8_K> quantized_k(const std::vector<float>& x) {
+  std::vector<BlockQ8_K> xq(x.size() / 256);
+  scalar::quantize_activation_k(x.data(), xq.data(), static_cast<std::int64_t>(x.size()));
+  return xq;
+}
+
+std::vector<double> decode_activation_k(const std::vector<BlockQ8_K>& xq) {
+  std::vector<double> x;
+  for (const BlockQ8_K& b : xq) {
+    for (std::int8_t q : b.qs) x.push_back(static_cast<double>(b.d) * q);
+  }
+  return x;
+}
+
+// sum_i (|scaled_i| + |offset_i|) |x_i| per row: the scale of the rounding errors of a K kernel,
+// which computes the two terms' sums apart (they may cancel in the weight).
+std::vector<double> k_magnitudes(DType t, const std::vector<std::uint8_t>& w, std::int64_t rows,
+                                 std::int64_t cols, const std::vector<double>& x) {
+  std::vector<double> m(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const KTerms k = decode_k(t, w.data() + r * row_bytes(t, cols), cols);
+    for (std::int64_t i = 0; i < cols; ++i) m[r] += (std::fabs(k.scaled[i]) + std::fabs(k.offset[i])) * std::fabs(x[i]);
+  }
+  return m;
+}
+
+// Rows of K blocks that stress the kernels' ranges: for each fp16 d (zero, subnormal, largest,
+// negative) and each fill byte, every byte of the block (q, scales, minimums, high bits) equals
+// the fill, then the fp16 fields are set; plus rows of blocks with all-equal q and mixed scales.
+std::vector<std::uint8_t> extreme_k_matrix(DType t, std::int64_t cols, std::int64_t& rows) {
+  const std::uint16_t kScales[] = {0x0000, 0x0001, 0x03FF, 0x3C00, 0xBC00, 0x7BFF};
+  const std::uint8_t kFills[] = {0x00, 0xFF, 0x55, 0xAA, 0x80, 0x7F, 0x0F, 0xF0};
+  const std::size_t block_bytes = static_cast<std::size_t>(info(t).block_bytes);
+  std::vector<std::uint8_t> w;
+  rows = 0;
+  for (std::uint16_t d : kScales) {
+    for (std::uint16_t dmin : {std::uint16_t{0x0000}, d, std::uint16_t{0x0001}, std::uint16_t{0x7BFF}}) {
+      for (std::uint8_t fill : kFills) {
+        for (std::int64_t b = 0; b < cols / 256; ++b) {
+          std::vector<std::uint8_t> block(block_bytes, fill);
+          set_k_scales(t, block.data(), d, dmin);
+          w.insert(w.end(), block.begin(), block.end());
+        }
+        ++rows;
+      }
+    }
+  }
+  return w;
+}
+
+TEST(KernelsKQuant, BlockLayoutsAreGgmls) {
+  EXPECT_EQ(info(DType::kQ4_K).block_size, 256);
+  EXPECT_EQ(info(DType::kQ4_K).block_bytes, 144);
+  EXPECT_EQ(info(DType::kQ5_K).block_bytes, 176);
+  EXPECT_EQ(info(DType::kQ6_K).block_bytes, 210);
+  EXPECT_EQ(info(DType::kQ8_K).block_bytes, 292);
+  EXPECT_EQ(offsetof(BlockQ5_K, qh), 16u);
+  EXPECT_EQ(offsetof(BlockQ5_K, qs), 48u);
+  EXPECT_EQ(offsetof(BlockQ6_K, scales), 192u);
+  EXPECT_EQ(offsetof(BlockQ6_K, d), 208u);
+  EXPECT_EQ(row_bytes(DType::kQ6_K, 4096), 16u * 210u);
+  EXPECT_EQ(dtype_from_ggml(12), DType::kQ4_K);
+  EXPECT_EQ(dtype_from_ggml(13), DType::kQ5_K);
+  EXPECT_EQ(dtype_from_ggml(14), DType::kQ6_K);
+  EXPECT_FALSE(dtype_from_ggml(15).has_value());  // Q8_K: activations only
+  EXPECT_FALSE(dtype_from_ggml(11).has_value());  // Q3_K: not implemented
+  EXPECT_STREQ(to_string(DType::kQ5_K), "Q5_K");
+}
+
+TEST(KernelsKQuant, UnpackedScalesMatchGetScaleMin) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 2000; ++trial) {
+    std::uint8_t scales[12];
+    for (std::uint8_t& s : scales) s = static_cast<std::uint8_t>(rng());
+    std::uint8_t unpacked[16];
+    unpack_scales_k4(scales, unpacked);
+    for (int j = 0; j < 8; ++j) {
+      const ScaleMin sm = scale_min_k4(scales, j);
+      EXPECT_EQ(unpacked[j], sm.scale) << j;
+      EXPECT_EQ(unpacked[8 + j], sm.min) << j;
+    }
+  }
+}
+
+TEST(KernelsKQuant, ScalarDecodesHandMadeBlocks) {
+  std::vector<float> out(256);
+  // Q4_K: d = 1, dmin = 0.5. Sub-block 0: scale 1, min 2. Sub-block 5: scale 37 = 0b10'0101
+  // (low nibble in scales[9], top bits in scales[1] bits 6-7), min 50 = 0b11'0010 (high nibble of
+  // scales[9], top bits in scales[5] bits 6-7).
+  BlockQ4_K q4{};
+  q4.d = 0x3C00;
+  q4.dmin = 0x3800;
+  q4.scales[0] = 1;
+  q4.scales[4] = 2;
+  q4.scales[9] = 0x25;
+  q4.scales[1] |= 0x80;
+  q4.scales[5] |= 0xC0;
+  q4.qs[0] = 0x03;        // weight 0 (run 0, low nibble): q = 3
+  q4.qs[64 + 7] = 0xB0;   // weight 128 + 32 + 7 = 167 (run 2, high nibble, sub-block 5): q = 11
+  scalar::to_float(DType::kQ4_K, &q4, out.data(), 256);
+  EXPECT_EQ(out[0], 1.0f * 3 - 0.5f * 2);
+  EXPECT_EQ(out[1], -1.0f);            // q = 0 in sub-block 0
+  EXPECT_EQ(out[167], 37.0f * 11 - 0.5f * 50);
+  EXPECT_EQ(out[160], -25.0f);         // q = 0 in sub-block 5
+  EXPECT_EQ(out[135], 0.0f);           // run 2, low nibble 0: sub-block 4, scale and min 0
+  // Q5_K: the same scales; weight 100 (run 1, high nibble of qs[36], sub-block 3) takes its fifth
+  // bit from bit 3 of qh[4].
+  BlockQ5_K q5{};
+  q5.d = 0x3C00;
+  q5.dmin = 0x3800;
+  q5.scales[3] = 5;
+  q5.scales[7] = 4;
+  q5.qs[32 + 4] = 0x70;
+  q5.qh[4] = 0x08;
+  scalar::to_float(DType::kQ5_K, &q5, out.data(), 256);
+  EXPECT_EQ(out[100], 5.0f * (7 + 16) - 0.5f * 4);
+  EXPECT_EQ(out[68], 0.0f);  // run 1 low nibble (sub-block 2: scale and min 0), bit 2: clear
+  // Q6_K: d = 0.5 (stored last). Weight 50 = 32 + 18: low 4 bits in ql[32 + 18] & 0x0F, high 2
+  // in bits 2-3 of qh[18]; sub-block 3, scale -2.
+  BlockQ6_K q6{};
+  q6.d = 0x3800;
+  q6.scales[3] = -2;
+  q6.scales[12] = 127;
+  q6.ql[32 + 18] = 0x0A;
+  q6.qh[18] = 0x2 << 2;  // q = 0x2A = 42
+  // Weight 200 = 128 + 64 + 8: ql[64 + 8] high nibble, qh[32 + 8] bits 4-5; sub-block 12.
+  q6.ql[64 + 8] = 0xF0;
+  q6.qh[32 + 8] = 0x3 << 4;  // q = 63
+  scalar::to_float(DType::kQ6_K, &q6, out.data(), 256);
+  EXPECT_EQ(out[50], 0.5f * -2 * (42 - 32));
+  EXPECT_EQ(out[200], 0.5f * 127 * (63 - 32));
+  EXPECT_EQ(out[201], 0.5f * 127 * -32);
+  EXPECT_EQ(out[0], 0.0f);  // scale 0
+}
+
+TEST(KernelsKQuant, ToFloatMatchesIndependentDecodingAndEveryPathBitForBit) {
+  for (DType t : kKTypes) {
+    for (std::int64_t n : {256, 512, 1024}) {
+      // Scales of one magnitude, so that the double-precision value rounds to float exactly as
+      // the kernels' single rounding does.
+      const std::vector<std::uint8_t> row = random_k_matrix(t, 1, n, static_cast<std::uint32_t>(n), 1.0f);
+      std::vector<float> expected(static_cast<std::size_t>(n));
+      scalar::to_float(t, row.data(), expected.data(), n);
+      const KTerms exact = decode_k(t, row.data(), n);
+      for (std::int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(expected[i], static_cast<float>(exact.scaled[i] - exact.offset[i]))
+            << to_string(t) << " element " << i;
+      }
+      for (Simd simd : supported_paths()) {
+        SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, 1, n));
+        std::vector<float> got(expected.size(), -1.0f);
+        kernels(t, simd).to_float(row.data(), got.data(), n);
+        for (std::int64_t i = 0; i < n; ++i) ASSERT_EQ(float_to_bits(got[i]), float_to_bits(expected[i])) << i;
+      }
+    }
+    // Extreme blocks: every path bit for bit against the scalar reference.
+    std::int64_t rows = 0;
+    const std::vector<std::uint8_t> w = extreme_k_matrix(t, 256, rows);
+    std::vector<float> expected(static_cast<std::size_t>(rows * 256)), got(expected.size());
+    scalar::to_float(t, w.data(), expected.data(), rows * 256);
+    for (Simd simd : supported_paths()) {
+      SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + to_string(t));
+      kernels(t, simd).to_float(w.data(), got.data(), rows * 256);
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        ASSERT_EQ(float_to_bits(got[i]), float_to_bits(expected[i])) << "element " << i;
+      }
+    }
+  }
+}
+
+TEST(KernelsKQuant, QuantizeActivationEveryPathMatchesScalarBitForBit) {
+  const std::int64_t n = 256 * 10;
+  std::vector<float> x = random_floats(static_cast<std::size_t>(n), 12);
+  // Blocks: ties (max 127 so d = 1, halves everywhere), all zero, tiny, huge, one non-zero
+  // value, negative maxima; the rest N(0, 1).
+  for (int j = 0; j < 256; ++j) x[j] = j == 0 ? 127.0f : static_cast<float>(j % 64) - 31.5f;
+  for (int j = 256; j < 512; ++j) x[j] = 0.0f;
+  for (int j = 512; j < 768; ++j) x[j] *= 1e-30f;
+  for (int j = 768; j < 1024; ++j) x[j] *= 1e30f;
+  for (int j = 1024; j < 1280; ++j) x[j] = j == 1100 ? -0.3f : 0.0f;
+  for (int j = 1280; j < 1536; ++j) x[j] = -std::fabs(x[j]);
+  std::vector<BlockQ8_K> expected(static_cast<std::size_t>(n / 256));
+  scalar::quantize_activation_k(x.data(), expected.data(), n);
+  EXPECT_EQ(expected[0].d, 1.0f);
+  EXPECT_EQ(expected[0].qs[1], -30);  // -30.5 rounds to even
+  EXPECT_EQ(expected[0].qs[2], -30);  // -29.5 too
+  EXPECT_EQ(expected[1].d, 0.0f);
+  EXPECT_EQ(expected[4].qs[1100 - 1024], -127);
+  for (const BlockQ8_K& b : expected) {
+    for (int j = 0; j < 16; ++j) {
+      int sum = 0;
+      for (int l = 0; l < 16; ++l) sum += b.qs[16 * j + l];
+      EXPECT_EQ(b.bsums[j], sum);
+    }
+  }
+  for (Simd simd : supported_paths()) {
+    SCOPED_TRACE(to_string(simd));
+    std::vector<BlockQ8_K> got(expected.size());
+    std::memset(got.data(), 0x55, got.size() * sizeof(BlockQ8_K));
+    quantize_activation_k(x.data(), got.data(), n, simd);
+    for (std::size_t b = 0; b < expected.size(); ++b) {
+      EXPECT_EQ(float_to_bits(got[b].d), float_to_bits(expected[b].d)) << "block " << b;
+      EXPECT_EQ(std::memcmp(got[b].qs, expected[b].qs, 256), 0) << "block " << b;
+      EXPECT_EQ(std::memcmp(got[b].bsums, expected[b].bsums, 32), 0) << "block " << b;
+      for (std::int8_t q : got[b].qs) EXPECT_NE(q, -128) << "block " << b;
+    }
+  }
+}
+
+TEST(KernelsKQuant, ScalarDotsMatchDoublePrecision) {
+  for (DType t : kKTypes) {
+    const std::int64_t rows = 5, cols = 768;
+    SCOPED_TRACE(shape_name(t, rows, cols));
+    const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, 3);
+    const std::vector<float> x = random_floats(static_cast<std::size_t>(cols), 4);
+    const std::vector<BlockQ8_K> xq = quantized_k(x);
+    const std::vector<double> xqd = decode_activation_k(xq);
+    const std::vector<double> xd = to_double(x);
+    const std::vector<double> mag_q = k_magnitudes(t, w, rows, cols, xqd);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::uint8_t* row = w.data() + r * row_bytes(t, cols);
+      const KTerms k = decode_k(t, row, cols);
+      std::vector<float> wf(static_cast<std::size_t>(cols));
+      scalar::to_float(t, row, wf.data(), cols);
+      double exact = 0, magnitude = 0, exact_q = 0;
+      for (std::int64_t i = 0; i < cols; ++i) {
+        exact += static_cast<double>(wf[i]) * xd[i];
+        magnitude += std::fabs(static_cast<double>(wf[i]) * xd[i]);
+        exact_q += (k.scaled[i] - k.offset[i]) * xqd[i];
+      }
+      EXPECT_NEAR(scalar::dot(t, row, x.data(), cols), exact, order_tolerance(cols) * magnitude);
+      EXPECT_NEAR(scalar::dot_q8k(t, row, xq.data(), cols), exact_q, order_tolerance(cols) * mag_q[r]);
+    }
+  }
+}
+
+TEST(KernelsKQuant, EveryPathMatchesScalarOnRandomMatrices) {
+  for (Simd simd : supported_paths()) {
+    for (DType t : kKTypes) {
+      const TypeKernels& k = kernels(t, simd);
+      const TypeKernels& ref = kernels(t, Simd::kScalar);
+      for (std::int64_t cols : {256, 512, 768, 1280}) {
+        for (std::int64_t rows : kRowCounts) {
+          SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+          const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols);
+          const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, seed);
+          const std::vector<float> x = random_floats(static_cast<std::size_t>(cols), seed + 1);
+          std::vector<float> y(static_cast<std::size_t>(rows), -1.0f), y_ref(y.size());
+          k.gemv_f32(w.data(), rows, cols, x.data(), y.data());
+          ref.gemv_f32(w.data(), rows, cols, x.data(), y_ref.data());
+          expect_close(y, y_ref, k_magnitudes(t, w, rows, cols, to_double(x)), cols);
+          const std::vector<BlockQ8_K> xq = quantized_k(x);
+          k.gemv(w.data(), rows, cols, xq.data(), y.data());
+          ref.gemv(w.data(), rows, cols, xq.data(), y_ref.data());
+          expect_close(y, y_ref, k_magnitudes(t, w, rows, cols, decode_activation_k(xq)), cols);
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelsKQuant, EveryPathMatchesScalarOnExtremeBlocks) {
+  const std::int64_t cols = 512;
+  // Activations: a huge block (q = +-127 with d = 65504 / 127) and one of alternating signs.
+  std::vector<float> x(static_cast<std::size_t>(cols));
+  for (std::int64_t i = 0; i < 256; ++i) x[i] = i % 3 == 0 ? -65504.0f : 65504.0f;
+  for (std::int64_t i = 256; i < 512; ++i) x[i] = i % 2 ? -3.0f : 3.0f;
+  const std::vector<BlockQ8_K> xq = quantized_k(x);
+  for (DType t : kKTypes) {
+    std::int64_t rows = 0;
+    const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
+    for (Simd simd : supported_paths()) {
+      SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+      const TypeKernels& k = kernels(t, simd);
+      const TypeKernels& ref = kernels(t, Simd::kScalar);
+      std::vector<float> y(static_cast<std::size_t>(rows)), y_ref(y.size());
+      k.gemv(w.data(), rows, cols, xq.data(), y.data());
+      ref.gemv(w.data(), rows, cols, xq.data(), y_ref.data());
+      expect_close(y, y_ref, k_magnitudes(t, w, rows, cols, decode_activation_k(xq)), cols);
+      k.gemv_f32(w.data(), rows, cols, x.data(), y.data());
+      ref.gemv_f32(w.data(), rows, cols, x.data(), y_ref.data());
+      expect_close(y, y_ref, k_magnitudes(t, w, rows, cols, to_double(x)), cols);
+    }
+  }
+}
+
+TEST(KernelsKQuant, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {
+  const std::int64_t cols = 1024;
+  for (DType t : kKTypes) {
+    const auto rows = static_cast<std::int64_t>((std::size_t{4} << 20) / row_bytes(t, cols) + 7);
+    const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, 31);
+    const std::vector<float> x = random_floats(static_cast<std::size_t>(cols), 32);
+    const std::vector<BlockQ8_K> xq = quantized_k(x);
+    const std::vector<double> mag_q = k_magnitudes(t, w, rows, cols, decode_activation_k(xq));
+    const std::vector<double> mag_f = k_magnitudes(t, w, rows, cols, to_double(x));
+    std::vector<float> y_ref(static_cast<std::size_t>(rows)), y_ref_f(y_ref.size());
+    kernels(t, Simd::kScalar).gemv(w.data(), rows, cols, xq.data(), y_ref.data());
+    kernels(t, Simd::kScalar).gemv_f32(w.data(), rows, cols, x.data(), y_ref_f.data());
+    for (Simd simd : supported_paths()) {
+      SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+      std::vector<float> y(y_ref.size(), -1.0f);
+      kernels(t, simd).gemv(w.data(), rows, cols, xq.data(), y.data());
+      expect_close(y, y_ref, mag_q, cols);
+      kernels(t, simd).gemv_f32(w.data(), rows, cols, x.data(), y.data());
+      expect_close(y, y_ref_f, mag_f, cols);
+    }
+  }
+}
+
+TEST(KernelsKQuant, IntegerPathStaysWithinTheActivationQuantizationError) {
+  // Q8_K keeps d_x as a float, so |x - d_x q| <= d_x / 2 (and a little rounding) per element.
+  const std::int64_t rows = 9, cols = 1024;
+  const std::vector<float> x = random_floats(static_cast<std::size_t>(cols), 21);
+  const std::vector<BlockQ8_K> xq = quantized_k(x);
+  for (DType t : kKTypes) {
+    const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, 22);
+    for (Simd simd : supported_paths()) {
+      SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+      const TypeKernels& k = kernels(t, simd);
+      std::vector<float> y_int(static_cast<std::size_t>(rows)), y_float(y_int.size());
+      k.gemv(w.data(), rows, cols, xq.data(), y_int.data());
+      k.gemv_f32(w.data(), rows, cols, x.data(), y_float.data());
+      const std::vector<double> magnitude = k_magnitudes(t, w, rows, cols, to_double(x));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::vector<float> wr(static_cast<std::size_t>(cols));
+        scalar::to_float(t, w.data() + r * row_bytes(t, cols), wr.data(), cols);
+        double bound = 2 * order_tolerance(cols) * magnitude[r];
+        for (std::int64_t b = 0; b < cols / 256; ++b) {
+          double w_abs = 0;
+          for (std::int64_t i = 256 * b; i < 256 * (b + 1); ++i) w_abs += std::fabs(wr[i]);
+          bound += 0.51 * xq[b].d * w_abs;
+        }
+        EXPECT_NEAR(y_int[r], y_float[r], bound) << "row " << r;
+      }
+    }
+  }
+}
+
+// RMS(dequantized - x) / RMS(x) of from_float on n values of x.
+double relative_rms_error(DType t, const std::vector<float>& x) {
+  const auto n = static_cast<std::int64_t>(x.size());
+  std::vector<std::uint8_t> q(row_bytes(t, n));
+  scalar::from_float(t, x.data(), q.data(), n);
+  std::vector<float> back(x.size());
+  scalar::to_float(t, q.data(), back.data(), n);
+  double err = 0, ref = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(back[i])) << i;
+    err += (static_cast<double>(back[i]) - x[i]) * (static_cast<double>(back[i]) - x[i]);
+    ref += static_cast<double>(x[i]) * x[i];
+  }
+  return std::sqrt(err / ref);
+}
+
+TEST(KernelsKQuant, FromFloatRoundTripsWithinTheTypesPrecision) {
+  // Measured on these inputs (N(0, 0.02^2), and the same with a mean shifted per 32 values and
+  // every 997th value 8x larger): Q4_K 0.071 / 0.060, Q5_K 0.036 / 0.030, Q6_K 0.018 / 0.019,
+  // each about half the last type's, as one more bit should give. The bounds leave ~30% room.
+  struct Case {
+    DType t;
+    double bound;
+  };
+  const Case kCases[] = {{DType::kQ4_K, 0.1}, {DType::kQ5_K, 0.05}, {DType::kQ6_K, 0.025}};
+  const std::size_t n = 256 * 64;
+  std::vector<float> gaussian = random_floats(n, 41, 0.02f);
+  std::vector<float> skewed = random_floats(n, 42, 0.02f);
+  std::mt19937 rng(43);
+  std::uniform_real_distribution<float> shift(-0.03f, 0.03f);
+  for (std::size_t i = 0; i < n; i += 32) {
+    const float s = shift(rng);
+    for (std::size_t j = i; j < i + 32; ++j) skewed[j] += s;
+  }
+  for (std::size_t i = 0; i < n; i += 997) skewed[i] *= 8.0f;
+  for (const Case& c : kCases) {
+    const double e1 = relative_rms_error(c.t, gaussian);
+    const double e2 = relative_rms_error(c.t, skewed);
+    std::printf("[ measured ] %s round trip: relative RMS error %.4f (gaussian), %.4f (skewed)\n",
+                to_string(c.t), e1, e2);
+    EXPECT_LT(e1, c.bound) << to_string(c.t);
+    EXPECT_LT(e2, c.bound) << to_string(c.t);
+  }
+}
+
+TEST(KernelsKQuant, FromFloatHandlesZeroAndConstantBlocks) {
+  for (DType t : kKTypes) {
+    SCOPED_TRACE(to_string(t));
+    std::vector<float> x(512, 0.0f);
+    for (std::size_t i = 256; i < 512; ++i) x[i] = 0.75f;  // all equal: the minimum carries it
+    std::vector<std::uint8_t> q(row_bytes(t, 512));
+    scalar::from_float(t, x.data(), q.data(), 512);
+    std::vector<float> back(512);
+    scalar::to_float(t, q.data(), back.data(), 512);
+    for (std::size_t i = 0; i < 256; ++i) EXPECT_EQ(back[i], 0.0f) << i;
+    for (std::size_t i = 256; i < 512; ++i) EXPECT_NEAR(back[i], 0.75f, 0.75f * 0.01f) << i;
+  }
+}
+
+// One real block of each type from llama.cpp's files, against the F32 file's same weights: an
+// independent check that kvlm reads the layouts as llama.cpp writes them.
+TEST(KernelsKQuant, DecodesLlamaCppBlocksCloseToTheFloatWeights) {
+  KVLM_REQUIRE_MODEL(quantized_path, "tinygqa/tinygqa-Q4_K_M.gguf");
+  KVLM_REQUIRE_MODEL(float_path, "tinygqa/tinygqa-F32.gguf");
+  const gguf::GgufFile quantized = gguf::GgufFile::open(quantized_path);
+  const gguf::GgufFile reference = gguf::GgufFile::open(float_path);
+  struct Case {
+    const char* tensor;
+    DType t;
+    double max_error;  // of a block's range (max - min of its float weights)
+  };
+  for (const Case& c : {Case{"token_embd.weight", DType::kQ4_K, 0.1}, Case{"output.weight", DType::kQ6_K, 0.025}}) {
+    SCOPED_TRACE(c.tensor);
+    const gguf::TensorInfo* q = quantized.find_tensor(c.tensor);
+    const gguf::TensorInfo* f = reference.find_tensor(c.tensor);
+    ASSERT_NE(q, nullptr);
+    ASSERT_NE(f, nullptr);
+    ASSERT_EQ(q->dtype, c.t);
+    ASSERT_EQ(f->dtype, DType::kF32);
+    ASSERT_EQ(q->ne, f->ne);
+    const auto cols = static_cast<std::int64_t>(q->ne[0]);
+    const std::int64_t rows = 4;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const auto* row = static_cast<const std::uint8_t*>(q->data) + r * row_bytes(c.t, cols);
+      std::vector<float> got(static_cast<std::size_t>(cols)), want(got.size());
+      scalar::to_float(c.t, row, got.data(), cols);
+      std::memcpy(want.data(), static_cast<const float*>(f->data) + r * cols, want.size() * sizeof(float));
+      for (Simd simd : supported_paths()) {
+        std::vector<float> other(got.size());
+        kernels(c.t, simd).to_float(row, other.data(), cols);
+        EXPECT_EQ(std::memcmp(other.data(), got.data(), got.size() * sizeof(float)), 0) << to_string(simd);
+      }
+      for (std::int64_t b = 0; b < cols / 256; ++b) {
+        const auto first = want.begin() + b * 256;
+        const auto [lo, hi] = std::minmax_element(first, first + 256);
+        const double range = static_cast<double>(*hi) - *lo;
+        double worst = 0, err2 = 0, ref2 = 0;
+        for (std::int64_t i = 256 * b; i < 256 * (b + 1); ++i) {
+          ASSERT_TRUE(std::isfinite(got[i])) << i;
+          const double diff = static_cast<double>(got[i]) - want[i];
+          worst = std::max(worst, std::fabs(diff));
+          err2 += diff * diff;
+          ref2 += static_cast<double>(want[i]) * want[i];
+        }
+        EXPECT_LE(worst, c.max_error * range) << "row " << r << " block " << b;
+        EXPECT_LT(std::sqrt(err2 / ref2), 4 * c.max_error) << "row " << r << " block " << b;
+      }
+    }
+  }
+}
+
 // --- Dispatch ----------------------------------------------------------------------------------
 
 TEST(KernelsDispatch, ChooseSimdHonoursKvlmSimdUpToTheCpu) {
@@ -646,6 +1181,20 @@ TEST(KernelsDispatch, ActivePathIsSupportedAndTablesAreComplete) {
       EXPECT_NE(k.to_float, nullptr);
     }
   }
+  for (Simd simd : supported_paths()) {
+    for (DType t : kKTypes) {
+      const TypeKernels& k = kernels(t, simd);
+      EXPECT_EQ(activation_type(t), DType::kQ8_K);
+      // Measured: the integer gemv runs 3 to 4 times faster than the float one (kernels.hpp).
+      EXPECT_EQ(k.decode_activation, DType::kQ8_K) << to_string(t);
+      EXPECT_NE(k.gemv, nullptr);
+      EXPECT_NE(k.gemv_f32, nullptr);
+      EXPECT_NE(k.to_float, nullptr);
+    }
+  }
+  EXPECT_EQ(activation_type(DType::kQ4_0), DType::kQ8_0);
+  EXPECT_EQ(activation_type(DType::kF16), DType::kF32);
+  EXPECT_THROW(kernels(DType::kQ8_K, Simd::kScalar), Error);  // not a weight type
   EXPECT_EQ(&kernels(DType::kQ4_0), &kernels(DType::kQ4_0, active_simd()));
   try {
     kernels(static_cast<DType>(3), Simd::kScalar);  // ggml's Q4_1: not implemented

@@ -17,6 +17,10 @@ enum class DType : std::uint32_t {
   kF16 = 1,    // IEEE binary16
   kQ4_0 = 2,   // BlockQ4_0
   kQ8_0 = 8,   // BlockQ8_0
+  kQ4_K = 12,  // BlockQ4_K
+  kQ5_K = 13,  // BlockQ5_K
+  kQ6_K = 14,  // BlockQ6_K
+  kQ8_K = 15,  // BlockQ8_K: the K types' quantized activation, never a weight type
   kBF16 = 30,  // bfloat16: the top 16 bits of a float32
 };
 
@@ -34,8 +38,13 @@ inline std::optional<DType> dtype_from_ggml(std::uint32_t id) {
     case DType::kF16:
     case DType::kQ4_0:
     case DType::kQ8_0:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
     case DType::kBF16:
       return static_cast<DType>(id);
+    case DType::kQ8_K:  // ggml only ever multiplies by it; no file stores weights as Q8_K
+      return std::nullopt;
   }
   return std::nullopt;
 }
@@ -58,6 +67,95 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18, "ggml's block_q4_0 is 18 bytes");
 
+// --- The K types: super-blocks of 256 weights in sub-blocks with their own small scales ---------
+
+/// Weights per K super-block (ggml's QK_K).
+constexpr int kQK_K = 256;
+
+// Q4_K: 256 weights in 8 sub-blocks of 32; weight i of sub-block j is d * sc[j] * q[i] -
+// dmin * m[j] with q in [0, 15] and sc, m in [0, 63].
+//  - scales[12] packs the 8 six-bit sc and 8 six-bit m: for j < 4, sc[j] = scales[j] & 63 and
+//    m[j] = scales[j + 4] & 63; for j >= 4, sc[j] = (scales[j + 4] & 0x0F) | (scales[j - 4] >> 6) << 4
+//    and m[j] = (scales[j + 4] >> 4) | (scales[j] >> 6) << 4 (ggml's get_scale_min_k4): the top two
+//    bits of bytes 0..7 hold the high bits of sc[4..7] and m[4..7], bytes 8..11 their low nibbles.
+//  - qs[128]: the 256 q in four runs of 32 bytes, run c (qs[32c .. 32c + 32)) holding weights
+//    64c .. 64c + 31 (sub-block 2c) in its low nibbles and 64c + 32 .. 64c + 63 (sub-block 2c + 1)
+//    in its high nibbles.
+struct BlockQ4_K {
+  static constexpr int kSize = kQK_K;
+  std::uint16_t d;             // float16 bits: scale of the sub-block scales
+  std::uint16_t dmin;          // float16 bits: scale of the sub-block minimums
+  std::uint8_t scales[12];     // sc[8] and m[8], 6 bits each, packed as above
+  std::uint8_t qs[kSize / 2];  // 4-bit q, packed as above
+};
+static_assert(sizeof(BlockQ4_K) == 144, "ggml's block_q4_K is 144 bytes");
+
+// Q5_K: as Q4_K with q in [0, 31]: the low 4 bits in qs exactly as Q4_K's nibbles, the fifth bit
+// (value 16) of weight 64c + l (l < 32) in bit 2c of qh[l] and of weight 64c + 32 + l in bit
+// 2c + 1 of qh[l]. Note qh comes before qs.
+struct BlockQ5_K {
+  static constexpr int kSize = kQK_K;
+  std::uint16_t d;             // float16 bits
+  std::uint16_t dmin;          // float16 bits
+  std::uint8_t scales[12];     // as BlockQ4_K's
+  std::uint8_t qh[kSize / 8];  // the fifth bits
+  std::uint8_t qs[kSize / 2];  // the low 4 bits
+};
+static_assert(sizeof(BlockQ5_K) == 176, "ggml's block_q5_K is 176 bytes");
+
+// Q6_K: 256 weights in 16 sub-blocks of 16; weight i of sub-block j is d * scales[j] * (q[i] - 32)
+// with q in [0, 63] and scales signed 8-bit. The block is two halves of 128 weights; in half h,
+// with ql = ql_all + 64h and qh = qh_all + 32h, for l < 32:
+//   weight 128h + l      = ql[l] & 0x0F      | ((qh[l] >> 0) & 3) << 4
+//   weight 128h + 32 + l = ql[l + 32] & 0x0F | ((qh[l] >> 2) & 3) << 4
+//   weight 128h + 64 + l = ql[l] >> 4        | ((qh[l] >> 4) & 3) << 4
+//   weight 128h + 96 + l = ql[l + 32] >> 4   | ((qh[l] >> 6) & 3) << 4
+// Note d comes last.
+struct BlockQ6_K {
+  static constexpr int kSize = kQK_K;
+  std::uint8_t ql[kSize / 2];      // the low 4 bits
+  std::uint8_t qh[kSize / 4];      // the high 2 bits
+  std::int8_t scales[kSize / 16];  // one per 16 weights
+  std::uint16_t d;                 // float16 bits
+};
+static_assert(sizeof(BlockQ6_K) == 210, "ggml's block_q6_K is 210 bytes");
+
+// Q8_K: the activation the K types' integer kernels multiply by (ggml's block_q8_K): 256 values
+// as a float32 scale d and int8 q (value i = d * q[i], q in [-127, 127]), plus bsums[j], the sum
+// of q[16j .. 16j + 16), which the kernels need for the weights' offsets and minimums.
+struct BlockQ8_K {
+  static constexpr int kSize = kQK_K;
+  float d;
+  std::int8_t qs[kSize];
+  std::int16_t bsums[kSize / 16];
+};
+static_assert(sizeof(BlockQ8_K) == 292, "ggml's block_q8_K is 292 bytes");
+
+/// Sub-block j's six-bit scale and minimum (j < 8) from a Q4_K or Q5_K block's scales[12]
+/// (ggml's get_scale_min_k4; layout at BlockQ4_K).
+struct ScaleMin {
+  int scale;
+  int min;
+};
+inline ScaleMin scale_min_k4(const std::uint8_t* scales, int j) {
+  if (j < 4) return {scales[j] & 63, scales[j + 4] & 63};
+  return {(scales[j + 4] & 0x0F) | (scales[j - 4] >> 6) << 4, (scales[j + 4] >> 4) | (scales[j] >> 6) << 4};
+}
+
+/// All of scale_min_k4 at once, with word operations: out[j] = scale j and out[8 + j] = min j.
+inline void unpack_scales_k4(const std::uint8_t* scales, std::uint8_t* out) {
+  constexpr std::uint32_t kLow6 = 0x3F3F3F3F, kLow4 = 0x0F0F0F0F, kLow2 = 0x03030303;
+  std::uint32_t w[3];
+  std::memcpy(w, scales, 12);
+  const std::uint32_t u[4] = {
+      w[0] & kLow6,                                     // scales 0..3
+      (w[2] & kLow4) | ((w[0] >> 6) & kLow2) << 4,      // scales 4..7
+      w[1] & kLow6,                                     // mins 0..3
+      ((w[2] >> 4) & kLow4) | ((w[1] >> 6) & kLow2) << 4  // mins 4..7
+  };
+  std::memcpy(out, u, 16);
+}
+
 inline DTypeInfo info(DType dtype) {
   switch (dtype) {
     case DType::kF32: return {"F32", 1, 4};
@@ -65,6 +163,10 @@ inline DTypeInfo info(DType dtype) {
     case DType::kBF16: return {"BF16", 1, 2};
     case DType::kQ8_0: return {"Q8_0", BlockQ8_0::kSize, sizeof(BlockQ8_0)};
     case DType::kQ4_0: return {"Q4_0", BlockQ4_0::kSize, sizeof(BlockQ4_0)};
+    case DType::kQ4_K: return {"Q4_K", BlockQ4_K::kSize, sizeof(BlockQ4_K)};
+    case DType::kQ5_K: return {"Q5_K", BlockQ5_K::kSize, sizeof(BlockQ5_K)};
+    case DType::kQ6_K: return {"Q6_K", BlockQ6_K::kSize, sizeof(BlockQ6_K)};
+    case DType::kQ8_K: return {"Q8_K", BlockQ8_K::kSize, sizeof(BlockQ8_K)};
   }
   return {"unknown", 1, 0};
 }

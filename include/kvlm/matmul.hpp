@@ -3,7 +3,8 @@
 // multiplies by a weight matrix. The type decides what runs behind it:
 //  - F32 weights go to Eigen directly (matrix-vector for one token, matrix-matrix for a batch);
 //  - other types, for a few tokens (decode), run the type's gemv kernel on the rows as stored,
-//    with the activations quantized once to Q8_0 blocks where that decodes faster (Q4_0);
+//    with the activations quantized once where that decodes faster: to Q8_0 blocks for Q4_0,
+//    to Q8_K blocks (256 weights) for the K-quants;
 //  - other types, for a batch (prefill), dequantize tiles of kTileRows weight rows into a
 //    per-thread float tile and multiply the whole batch by each tile with Eigen.
 // Rows of all the products are split across the threads, so each thread reads only its share of
@@ -40,17 +41,21 @@ class MatmulScratch {
   MatmulScratch(std::int64_t max_batch, std::int64_t max_in, int n_threads)
       : max_in_(max_in),
         quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
+        quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
         tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
 
   std::int64_t max_in() const { return max_in_; }
   // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
+  // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.
+  BlockQ8_K* quantized_k(std::int64_t t) { return quantized_k_.view().row(t); }
   // A thread's tile of dequantized weight rows: [kTileRows, max_in].
   float* tile(int thread) { return tiles_.view().row(thread * kTileRows); }
 
  private:
   std::int64_t max_in_;
   Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(max_in / 32)]
+  Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(max_in / 256)]
   Tensor<float> tiles_;          // [n_threads, kTileRows, max_in]
 };
 
@@ -82,6 +87,8 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
     for (std::int64_t t = 0; t < n_tokens; ++t) {
       if (k.decode_activation == DType::kQ8_0) {
         k.gemv(p.w.row(lo), n, in, scratch.quantized(t), p.y.row(t) + lo);
+      } else if (k.decode_activation == DType::kQ8_K) {
+        k.gemv(p.w.row(lo), n, in, scratch.quantized_k(t), p.y.row(t) + lo);
       } else {
         k.gemv_f32(p.w.row(lo), n, in, x.row(t), p.y.row(t) + lo);
       }
@@ -105,18 +112,20 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
                    MatmulScratch& scratch, int n_threads) {
   const std::int64_t n_tokens = x.rows();
   std::int64_t total_rows = 0;
-  bool quantize = false;
+  bool quantize = false, quantize_k = false;
   for (const Product& p : products) {
     KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
     total_rows += p.w.rows;
-    quantize = quantize || (p.w.dtype != DType::kF32 && n_tokens <= MatmulScratch::kMaxGemvTokens &&
-                            kernels::kernels(p.w.dtype).decode_activation == DType::kQ8_0);
+    if (p.w.dtype == DType::kF32 || n_tokens > MatmulScratch::kMaxGemvTokens) continue;
+    const DType a = kernels::kernels(p.w.dtype).decode_activation;
+    quantize = quantize || a == DType::kQ8_0;
+    quantize_k = quantize_k || a == DType::kQ8_K;
   }
   KVLM_ASSERT(x.cols() <= scratch.max_in());
-  if (quantize) {  // once for every product and thread; x.cols() is a multiple of 32 here
-    for (std::int64_t t = 0; t < n_tokens; ++t) {
-      kernels::quantize_activation(x.row(t), scratch.quantized(t), x.cols());
-    }
+  // Once for every product and thread; x.cols() is a multiple of 32 (of 256 for quantize_k) here.
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    if (quantize) kernels::quantize_activation(x.row(t), scratch.quantized(t), x.cols());
+    if (quantize_k) kernels::quantize_activation_k(x.row(t), scratch.quantized_k(t), x.cols());
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
                             [&](std::int64_t begin, std::int64_t end, int thread) {

@@ -684,7 +684,7 @@ class GgufFile {
       fail(label + " has ne[0] = " + std::to_string(t.ne[0]) + ", not a multiple of " + info.name +
            "'s block size " + std::to_string(info.block_size));
     }
-    // ne[0] <= 2^40 and block_bytes <= 34, so one row's bytes cannot overflow.
+    // ne[0] <= 2^40 and block_bytes <= 210, so one row's bytes cannot overflow.
     const std::uint64_t row = row_bytes(t.dtype, static_cast<std::int64_t>(t.ne[0]));
     t.bytes = detail::checked_mul(row, elements / t.ne[0], path_ + ": " + label + " byte size");
     t.offset = relative;  // made absolute by locate() once the data section is known
@@ -708,7 +708,7 @@ class GgufFile {
       message += " " + name(u.type_id) + " x" + std::to_string(u.count) + ", first " +
                  u.first_tensor + ";";
     }
-    message += " kvlm runs F32, F16, BF16, Q8_0 and Q4_0)";
+    message += " kvlm runs F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K)";
     fail(message);
   }
 

@@ -11,7 +11,9 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "kvlm/dtype.hpp"
 
@@ -279,6 +281,251 @@ KVLM_TARGET_AVX2 inline void gemv_blocks(const void* w, std::int64_t rows, std::
   for (; r < rows; ++r) gemv_blocks_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
 }
 
+
+// --- K types (Q4_K, Q5_K, Q6_K; layouts in dtype.hpp) -------------------------------------------
+// One step handles one 256-weight block column of kRows rows, as in kernels/avx512.hpp: unsigned
+// q (Q6_K's stored as q + 32) times the BlockQ8_K activation's int8 with maddubs (pair sums at
+// most 2 * 63 * 127), then madd by the sub-block scales into int32 lanes, exactly; the minimums
+// (Q4_K, Q5_K) and the offset 32 (Q6_K) come off through the activation's bsums. The float
+// kernels dequantize each row's block (to_float, bit for bit) into an L1 buffer and multiply
+// that by x.
+
+// The q of a Q4_K or Q5_K block as 8 vectors of 32 bytes: q[s] is sub-block s, in order.
+template <typename Block>
+KVLM_TARGET_AVX2 inline void load_q_k4(const Block& b, __m256i* q) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256i h = _mm256_setzero_si256();
+  if constexpr (std::is_same_v<Block, BlockQ5_K>) h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+  for (int c = 0; c < 4; ++c) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs + 32 * c));
+    q[2 * c] = _mm256_and_si256(packed, low4);
+    q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4);
+    if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+      // Sub-blocks 2c and 2c + 1 take their fifth bits from bits 0 and 1 of h = qh >> 2c.
+      const __m256i bit4 = _mm256_set1_epi8(0x10);
+      q[2 * c] = _mm256_or_si256(q[2 * c], _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+      q[2 * c + 1] = _mm256_or_si256(q[2 * c + 1], _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+      h = _mm256_srli_epi16(h, 2);
+    }
+  }
+}
+
+// The q + 32 (in [0, 63]) of a Q6_K block as 8 vectors of 32 bytes in element order.
+KVLM_TARGET_AVX2 inline void load_q_q6_k(const BlockQ6_K& b, __m256i* q) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i bits45 = _mm256_set1_epi8(0x30);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i l0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+    __m256i* o = q + 4 * h;
+    o[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45));
+    o[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45));
+    o[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45));
+    o[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                           _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
+  }
+}
+
+// unpack_scales_k4 in registers (a round trip through memory would stall on store forwarding):
+// bytes 0..7 the scales and 8..15 the minimums of a Q4_K or Q5_K block. Reads 16 bytes from
+// scales (the 12 and the first 4 of qh or qs, which follow them in the block).
+KVLM_TARGET_AVX2 inline __m128i unpack_scales_k4(const std::uint8_t* scales) {
+  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));  // words w0 w1 w2 -
+  const __m128i a = _mm_shuffle_epi32(w, _MM_SHUFFLE(1, 1, 0, 0));               // w0 w0 w1 w1
+  const __m128i c = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 2, 2, 2)), _mm_setr_epi32(0, 0, 0, 4));
+  const __m128i low6 = _mm_and_si128(a, _mm_set1_epi32(0x3F3F3F3F));  // scales 0..3, mins 0..3
+  const __m128i high = _mm_or_si128(  // scales 4..7 (w2, w0), mins 4..7 (w2 >> 4, w1)
+      _mm_and_si128(c, _mm_set1_epi32(0x0F0F0F0F)),
+      _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(a, 6), _mm_set1_epi32(0x03030303)), 4));
+  return _mm_blend_epi32(low6, high, 0b1010);
+}
+
+// Q4_K or Q5_K weights times BlockQ8_K activations.
+template <typename Block_>
+struct K4TimesQ8K {
+  using Block = Block_;
+  using Activation = BlockQ8_K;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const Block* w, std::int64_t stride, const BlockQ8_K* x,
+                                    std::int64_t b, __m256* acc) {
+    const BlockQ8_K& xb = x[b];
+    // The activation's sums over each sub-block of 32 (at most 32 * 127) as 8 int16.
+    const __m256i pair_sums = _mm256_madd_epi16(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)), _mm256_set1_epi16(1));
+    const __m128i x_sums = _mm_packs_epi32(_mm256_castsi256_si128(pair_sums),
+                                           _mm256_extracti128_si256(pair_sums, 1));
+    for (int r = 0; r < kRows; ++r) {
+      const Block& wb = w[r * stride + b];
+      const __m128i scale_min = unpack_scales_k4(wb.scales);
+      // The scales as int16 in both 16-byte halves; sub-block s's is bytes 2s, 2s + 1.
+      const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scale_min));
+      __m256i q[8];
+      load_q_k4(wb, q);
+      __m256i sums = _mm256_setzero_si256();
+      for (int s = 0; s < 8; ++s) {
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs + 32 * s));
+        const __m256i pairs = _mm256_maddubs_epi16(q[s], xq);
+        const __m256i scale = _mm256_shuffle_epi8(scales, _mm256_set1_epi16(static_cast<short>(0x0100 * (2 * s + 1) + 2 * s)));
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, scale));
+      }
+      const __m128i mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scale_min, 8)), x_sums);
+      const float d = _cvtsh_ss(wb.d) * xb.d;
+      const float dmin = _cvtsh_ss(wb.dmin) * xb.d;
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d), acc[r]);
+      acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_zextsi128_si256(mins)), _mm256_set1_ps(dmin),
+                                acc[r]);
+    }
+  }
+};
+
+// Q6_K weights times BlockQ8_K activations.
+struct Q6_KTimesQ8K {
+  using Block = BlockQ6_K;
+  using Activation = BlockQ8_K;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const BlockQ6_K* w, std::int64_t stride, const BlockQ8_K* x,
+                                    std::int64_t b, __m256* acc) {
+    const BlockQ8_K& xb = x[b];
+    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums));
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ6_K& wb = w[r * stride + b];
+      const __m256i scales16 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales)));
+      // Both 16-byte halves holding scales 0..7 (low) or 8..15 (high), as int16.
+      const __m256i low = _mm256_permute2x128_si256(scales16, scales16, 0x00);
+      const __m256i high = _mm256_permute2x128_si256(scales16, scales16, 0x11);
+      __m256i q[8];
+      load_q_q6_k(wb, q);
+      // The weights are stored as q + 32: 32 * sum_j scale_j * bsums_j comes off.
+      __m256i sums = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                      _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5));
+      for (int v = 0; v < 8; ++v) {  // vector v: sub-blocks 2v (low half) and 2v + 1 (high half)
+        const int k = v % 4;         // int16 lanes 2k, 2k + 1 of low or high
+        const __m256i pick = _mm256_setr_epi8(
+            static_cast<char>(4 * k), static_cast<char>(4 * k + 1), static_cast<char>(4 * k), static_cast<char>(4 * k + 1),
+            static_cast<char>(4 * k), static_cast<char>(4 * k + 1), static_cast<char>(4 * k), static_cast<char>(4 * k + 1),
+            static_cast<char>(4 * k), static_cast<char>(4 * k + 1), static_cast<char>(4 * k), static_cast<char>(4 * k + 1),
+            static_cast<char>(4 * k), static_cast<char>(4 * k + 1), static_cast<char>(4 * k), static_cast<char>(4 * k + 1),
+            static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3), static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3),
+            static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3), static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3),
+            static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3), static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3),
+            static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3), static_cast<char>(4 * k + 2), static_cast<char>(4 * k + 3));
+        const __m256i scales = _mm256_shuffle_epi8(v < 4 ? low : high, pick);
+        const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs + 32 * v));
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(q[v], xq), scales));
+      }
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(_cvtsh_ss(wb.d) * xb.d), acc[r]);
+    }
+  }
+};
+
+// The 8-byte group i (0..3) of v, zero-extended into a 16-byte vector.
+KVLM_TARGET_AVX2 inline __m128i group64(__m256i v, int i) {
+  const __m128i half = i < 2 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
+  return i % 2 == 0 ? half : _mm_unpackhi_epi64(half, half);
+}
+
+// Dequantizes one K block into out[256], bit for bit as scalar::to_float.
+template <typename Block>
+KVLM_TARGET_AVX2 inline void to_float_block_k4(const Block& b, float* out) {
+  alignas(16) std::uint8_t scale_min[16];
+  kvlm::unpack_scales_k4(b.scales, scale_min);
+  const float d = _cvtsh_ss(b.d), dmin = _cvtsh_ss(b.dmin);
+  __m256i q[8];
+  load_q_k4(b, q);
+  for (int s = 0; s < 8; ++s) {
+    const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(scale_min[s]));
+    const __m256 minus_m1 = _mm256_set1_ps(-(dmin * static_cast<float>(scale_min[8 + s])));
+    for (int g = 0; g < 4; ++g) {
+      const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(group64(q[s], g)));
+      _mm256_storeu_ps(out + 32 * s + 8 * g, _mm256_fmadd_ps(d1, qf, minus_m1));
+    }
+  }
+}
+
+KVLM_TARGET_AVX2 inline void to_float_block(const BlockQ4_K& b, float* out) { to_float_block_k4(b, out); }
+KVLM_TARGET_AVX2 inline void to_float_block(const BlockQ5_K& b, float* out) { to_float_block_k4(b, out); }
+
+KVLM_TARGET_AVX2 inline void to_float_block(const BlockQ6_K& b, float* out) {
+  const float d = _cvtsh_ss(b.d);
+  const __m256i offset = _mm256_set1_epi32(32);
+  __m256i q[8];
+  load_q_q6_k(b, q);
+  for (int j = 0; j < 16; ++j) {  // sub-block j: half j % 2 of q[j / 2]
+    const __m256 d1 = _mm256_set1_ps(d * static_cast<float>(b.scales[j]));
+    for (int g = 0; g < 2; ++g) {
+      const __m256i qi = _mm256_sub_epi32(_mm256_cvtepu8_epi32(group64(q[j / 2], 2 * (j % 2) + g)), offset);
+      _mm256_storeu_ps(out + 16 * j + 8 * g, _mm256_mul_ps(d1, _mm256_cvtepi32_ps(qi)));
+    }
+  }
+}
+
+// Dequantized K weights times a float activation: each row's block goes through to_float_block
+// into a buffer (L1-resident), then times x, 8 floats at a time.
+template <typename Block_>
+struct KTimesF32 {
+  using Block = Block_;
+  using Activation = float;
+
+  template <int kRows>
+  KVLM_TARGET_AVX2 static void step(const Block* w, std::int64_t stride, const float* x,
+                                    std::int64_t b, __m256* acc) {
+    alignas(32) float wf[kRows][kQK_K];
+    for (int r = 0; r < kRows; ++r) to_float_block(w[r * stride + b], wf[r]);
+    const float* xb = x + b * kQK_K;
+    for (int i = 0; i < kQK_K; i += 8) {
+      const __m256 xv = _mm256_loadu_ps(xb + i);
+      for (int r = 0; r < kRows; ++r) acc[r] = _mm256_fmadd_ps(_mm256_load_ps(wf[r] + i), xv, acc[r]);
+    }
+  }
+};
+
+// y[0, kRows) = w · x for K blocks, one block column at a time; prefetches every cache line of
+// the blocks `ahead` blocks on unless ahead is 0.
+template <typename Kernel, int kRows>
+KVLM_TARGET_AVX2 inline void gemv_k_rows(const typename Kernel::Block* w, std::int64_t n_blocks,
+                                         const typename Kernel::Activation* x, float* y,
+                                         std::int64_t ahead) {
+  using Block = typename Kernel::Block;
+  __m256 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) {
+        const char* next = reinterpret_cast<const char*>(w + r * n_blocks + b + ahead);
+        for (std::size_t line = 0; line < sizeof(Block); line += 64) prefetch_l2(next + line);
+      }
+    }
+    Kernel::template step<kRows>(w, n_blocks, x, b, acc);
+  }
+  for (int r = 0; r < kRows; ++r) y[r] = horizontal_sum(acc[r]);
+}
+
+// y = W x; w: [rows, cols] of Kernel::Block, x: [cols] as Kernel::Activation, y: [rows].
+template <typename Kernel>
+KVLM_TARGET_AVX2 inline void gemv_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                    const void* x, float* y) {
+  const auto* wb = static_cast<const typename Kernel::Block*>(w);
+  const auto* xa = static_cast<const typename Kernel::Activation*>(x);
+  const std::int64_t n_blocks = cols / kQK_K;
+  const std::int64_t bytes = rows * n_blocks * static_cast<std::int64_t>(sizeof(*wb));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, n_blocks, bytes);
+    gemv_k_rows<Kernel, kRowStep>(wb + r * n_blocks, n_blocks, xa, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_k_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
+}
+
+template <typename Block>
+KVLM_TARGET_AVX2 inline void to_float_k(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const Block*>(row);
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) to_float_block(blocks[b], out + b * kQK_K);
+}
+
 // --- The kernels: gemv(w: [rows, cols], x, y: [rows]) and to_float(row: [n], out: [n]) ---------
 
 /// x: [cols] floats.
@@ -395,6 +642,90 @@ KVLM_TARGET_AVX2 inline void quantize_activation(const float* x, BlockQ8_0* out,
     const __m256i q8 = _mm256_packs_epi16(q16_01, q16_23);
     const __m256i ordered = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs), ordered);
+  }
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX2 inline void gemv_q4_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_k<K4TimesQ8K<BlockQ4_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX2 inline void gemv_q5_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_k<K4TimesQ8K<BlockQ5_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX2 inline void gemv_q6_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                       const void* x, float* y) {
+  gemv_k<Q6_KTimesQ8K>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_q4_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ4_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_q5_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ5_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX2 inline void gemv_q6_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                           const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ6_K>>(w, rows, cols, x, y);
+}
+
+/// Exactly as the scalar twin (fused d1 * q - m1).
+KVLM_TARGET_AVX2 inline void to_float_q4_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ4_K>(row, out, n);
+}
+
+/// Exactly as the scalar twin (fused d1 * q - m1).
+KVLM_TARGET_AVX2 inline void to_float_q5_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ5_K>(row, out, n);
+}
+
+/// (d * scale) * (q - 32), exactly as the scalar twin.
+KVLM_TARGET_AVX2 inline void to_float_q6_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ6_K>(row, out, n);
+}
+
+/// scalar::quantize_activation_k, bit for bit: x: [n], out: [n / 256].
+KVLM_TARGET_AVX2 inline void quantize_activation_k(const float* x, BlockQ8_K* out, std::int64_t n) {
+  constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    __m256 amax = _mm256_setzero_ps();
+    for (int i = 0; i < kQK_K; i += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + i)));
+    const float d = horizontal_max(amax) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = d;
+    const __m256 inverse = _mm256_set1_ps(id);
+    for (int j = 0; j < kQK_K / 32; ++j) {  // 32 values: two bsums
+      __m256i q[4];
+      for (int k = 0; k < 4; ++k) {
+        q[k] = _mm256_cvtps_epi32(
+            _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xb + 32 * j + 8 * k), inverse), kNearestEven));
+      }
+      // As in quantize_activation: packing interleaves 4-byte groups, the permutation restores them.
+      const __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[b].qs + 32 * j),
+                          _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+      for (int half = 0; half < 2; ++half) {
+        const __m256i s = _mm256_add_epi32(q[2 * half], q[2 * half + 1]);
+        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
+        out[b].bsums[2 * j + half] = static_cast<std::int16_t>(_mm_cvtsi128_si32(t));
+      }
+    }
   }
 }
 

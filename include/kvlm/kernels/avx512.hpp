@@ -15,7 +15,9 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "kvlm/dtype.hpp"
 
@@ -347,6 +349,274 @@ KVLM_TARGET_AVX512 inline void gemv_blocks(const void* w, std::int64_t rows, std
   for (; r < rows; ++r) gemv_blocks_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
 }
 
+
+// --- K types (Q4_K, Q5_K, Q6_K; layouts in dtype.hpp) -------------------------------------------
+// One step handles one 256-weight block column of kRows rows. The integer kernels multiply
+// unsigned q (Q6_K's stored as q + 32) by the BlockQ8_K activation's int8 with maddubs (pairs
+// summed to int16: at most 2 * 63 * 127), then by the sub-block scales with VNNI's dpwssd into
+// int32 lanes, exactly; the minimums (Q4_K, Q5_K) and the offset 32 (Q6_K) come off through the
+// activation's bsums. The float kernels dequantize each row's block (to_float, bit for bit) into
+// a buffer in L1 and multiply that by x.
+
+// The q of a Q4_K or Q5_K block as 4 vectors of 64 bytes, in the order the nibbles lie in qs:
+// vector k holds sub-blocks kSubs[k][0] (bytes 0..31) and kSubs[k][1] (bytes 32..63).
+constexpr int kK4Subs[4][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}};
+
+template <typename Block>
+KVLM_TARGET_AVX512 inline void load_q_k4(const Block& b, __m512i* q) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i a = _mm512_loadu_si512(b.qs);       // runs 0 and 1
+  const __m512i c = _mm512_loadu_si512(b.qs + 64);  // runs 2 and 3
+  q[0] = _mm512_and_si512(a, low4);
+  q[1] = _mm512_and_si512(_mm512_srli_epi16(a, 4), low4);
+  q[2] = _mm512_and_si512(c, low4);
+  q[3] = _mm512_and_si512(_mm512_srli_epi16(c, 4), low4);
+  if constexpr (std::is_same_v<Block, BlockQ5_K>) {
+    // The fifth bit of sub-block s is bit s of qh: [qh | qh >> 2] puts sub-blocks 0, 1, 4, 5's
+    // bits at 0, 1, 4, 5 of the low half's bytes and 2, 3, 6, 7's at the same places of the high
+    // half's, matching q[k]'s halves; each is moved to bit 4.
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh));
+    const __m512i hs = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
+    const __m512i bit4 = _mm512_set1_epi8(0x10);
+    q[0] = _mm512_or_si512(q[0], _mm512_and_si512(_mm512_slli_epi16(hs, 4), bit4));
+    q[1] = _mm512_or_si512(q[1], _mm512_and_si512(_mm512_slli_epi16(hs, 3), bit4));
+    q[2] = _mm512_or_si512(q[2], _mm512_and_si512(hs, bit4));
+    q[3] = _mm512_or_si512(q[3], _mm512_and_si512(_mm512_srli_epi16(hs, 1), bit4));
+  }
+}
+
+// The q + 32 (in [0, 63]) of a Q6_K block as 4 vectors of 64 bytes in element order.
+KVLM_TARGET_AVX512 inline void load_q_q6_k(const BlockQ6_K& b, __m512i* q) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  for (int h = 0; h < 2; ++h) {
+    const __m512i l = _mm512_loadu_si512(b.ql + 64 * h);
+    const __m256i hb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * h));
+    // [qh | qh >> 2]: bits 0-1 of each byte for weights 0..63 of the half, bits 4-5 for 64..127.
+    const __m512i hs = _mm512_inserti64x4(_mm512_castsi256_si512(hb), _mm256_srli_epi16(hb, 2), 1);
+    q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, low4),
+                               _mm512_and_si512(_mm512_slli_epi16(hs, 4), bits45));
+    q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low4),
+                                   _mm512_and_si512(hs, bits45));
+  }
+}
+
+// 0, 1, .., 31.
+alignas(64) inline constexpr std::int16_t kIota16[32] = {0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10,
+                                                        11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                                        22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+
+// 32 int16 lanes: lanes 0..15 = lane `lo` of v, lanes 16..31 = lane `hi`.
+KVLM_TARGET_AVX512 inline __m512i spread_epi16(__m512i v, int lo, int hi) {
+  const __m512i index = _mm512_mask_set1_epi16(_mm512_set1_epi16(static_cast<short>(lo)),
+                                               0xFFFF0000u, static_cast<short>(hi));
+  return _mm512_permutexvar_epi16(index, v);
+}
+
+// unpack_scales_k4 in registers (a round trip through memory would stall on store forwarding):
+// bytes 0..7 the scales and 8..15 the minimums of a Q4_K or Q5_K block. Reads 16 bytes from
+// scales (the 12 and the first 4 of qh or qs, which follow them in the block).
+KVLM_TARGET_AVX512 inline __m128i unpack_scales_k4(const std::uint8_t* scales) {
+  const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));  // words w0 w1 w2 -
+  const __m128i a = _mm_shuffle_epi32(w, _MM_SHUFFLE(1, 1, 0, 0));               // w0 w0 w1 w1
+  const __m128i c = _mm_srlv_epi32(_mm_shuffle_epi32(w, _MM_SHUFFLE(2, 2, 2, 2)), _mm_setr_epi32(0, 0, 0, 4));
+  const __m128i low6 = _mm_and_si128(a, _mm_set1_epi32(0x3F3F3F3F));  // scales 0..3, mins 0..3
+  const __m128i high = _mm_or_si128(  // scales 4..7 (w2, w0), mins 4..7 (w2 >> 4, w1)
+      _mm_and_si128(c, _mm_set1_epi32(0x0F0F0F0F)),
+      _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(a, 6), _mm_set1_epi32(0x03030303)), 4));
+  return _mm_blend_epi32(low6, high, 0b1010);
+}
+
+// Q4_K or Q5_K weights times BlockQ8_K activations.
+template <typename Block_>
+struct K4TimesQ8K {
+  using Block = Block_;
+  using Activation = BlockQ8_K;
+
+  template <int kRows>
+  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const BlockQ8_K* x,
+                                      std::int64_t b, __m512* acc) {
+    const BlockQ8_K& xb = x[b];
+    // The activation in q[k]'s order: sub-blocks kK4Subs[k].
+    __m512i xq[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i x0 = _mm512_loadu_si512(xb.qs + 128 * h);
+      const __m512i x1 = _mm512_loadu_si512(xb.qs + 128 * h + 64);
+      xq[2 * h] = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(1, 0, 1, 0));
+      xq[2 * h + 1] = _mm512_shuffle_i64x2(x0, x1, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    // The activation's sums over each sub-block of 32 (at most 32 * 127) as 8 int16.
+    const __m256i pair_sums = _mm256_madd_epi16(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums)), _mm256_set1_epi16(1));
+    const __m128i x_sums = _mm_packs_epi32(_mm256_castsi256_si128(pair_sums),
+                                           _mm256_extracti128_si256(pair_sums, 1));
+    for (int r = 0; r < kRows; ++r) {
+      const Block& wb = w[r * stride + b];
+      const __m128i sm = unpack_scales_k4(wb.scales);
+      const __m512i scales = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(sm));  // lanes 0..7
+      __m512i q[4];
+      load_q_k4(wb, q);
+      __m512i sums = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        const __m512i pairs = _mm512_maddubs_epi16(q[k], xq[k]);
+        sums = _mm512_dpwssd_epi32(sums, pairs, spread_epi16(scales, kK4Subs[k][0], kK4Subs[k][1]));
+      }
+      const __m128i mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)), x_sums);
+      const float d = _cvtsh_ss(wb.d) * xb.d;
+      const float dmin = _cvtsh_ss(wb.dmin) * xb.d;
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(d), acc[r]);
+      acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi128_si512(mins)),
+                                _mm512_set1_ps(dmin), acc[r]);
+    }
+  }
+};
+
+// Q6_K weights times BlockQ8_K activations.
+struct Q6_KTimesQ8K {
+  using Block = BlockQ6_K;
+  using Activation = BlockQ8_K;
+
+  template <int kRows>
+  KVLM_TARGET_AVX512 static void step(const BlockQ6_K* w, std::int64_t stride, const BlockQ8_K* x,
+                                      std::int64_t b, __m512* acc) {
+    const BlockQ8_K& xb = x[b];
+    __m512i xq[4];
+    for (int k = 0; k < 4; ++k) xq[k] = _mm512_loadu_si512(xb.qs + 64 * k);
+    const __m256i bsums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums));
+    // Lane i of 32 int16: i / 8, the sub-block of 16 its pair of weights is in.
+    const __m512i eighths = _mm512_srli_epi16(
+        _mm512_loadu_si512(kIota16), 3);
+    for (int r = 0; r < kRows; ++r) {
+      const BlockQ6_K& wb = w[r * stride + b];
+      const __m256i scales16 =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales)));
+      const __m512i scales = _mm512_zextsi256_si512(scales16);
+      __m512i q[4];
+      load_q_q6_k(wb, q);
+      // The weights are stored as q + 32: 32 * sum_j scale_j * bsums_j comes off.
+      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5);
+      __m512i sums = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
+      for (int k = 0; k < 4; ++k) {
+        // Vector k holds sub-blocks 4k .. 4k + 3, 8 int16 pair sums each.
+        const __m512i index = _mm512_add_epi16(_mm512_set1_epi16(static_cast<short>(4 * k)), eighths);
+        sums = _mm512_dpwssd_epi32(sums, _mm512_maddubs_epi16(q[k], xq[k]),
+                                   _mm512_permutexvar_epi16(index, scales));
+      }
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(_cvtsh_ss(wb.d) * xb.d),
+                               acc[r]);
+    }
+  }
+};
+
+// The 16-byte lane i (0..3) of v.
+KVLM_TARGET_AVX512 inline __m128i lane128(__m512i v, int i) {
+  switch (i) {
+    case 0: return _mm512_extracti32x4_epi32(v, 0);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
+
+// Dequantizes one K block into out[256], bit for bit as scalar::to_float.
+template <typename Block>
+KVLM_TARGET_AVX512 inline void to_float_block_k4(const Block& b, float* out) {
+  alignas(16) std::uint8_t scale_min[16];
+  kvlm::unpack_scales_k4(b.scales, scale_min);
+  const float d = _cvtsh_ss(b.d), dmin = _cvtsh_ss(b.dmin);
+  __m512i q[4];
+  load_q_k4(b, q);
+  for (int k = 0; k < 4; ++k) {
+    for (int half = 0; half < 2; ++half) {
+      const int s = kK4Subs[k][half];
+      const __m512 d1 = _mm512_set1_ps(d * static_cast<float>(scale_min[s]));
+      const __m512 minus_m1 = _mm512_set1_ps(-(dmin * static_cast<float>(scale_min[8 + s])));
+      for (int g = 0; g < 2; ++g) {
+        const __m512 qf = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lane128(q[k], 2 * half + g)));
+        _mm512_storeu_ps(out + 32 * s + 16 * g, _mm512_fmadd_ps(d1, qf, minus_m1));
+      }
+    }
+  }
+}
+
+KVLM_TARGET_AVX512 inline void to_float_block(const BlockQ4_K& b, float* out) { to_float_block_k4(b, out); }
+KVLM_TARGET_AVX512 inline void to_float_block(const BlockQ5_K& b, float* out) { to_float_block_k4(b, out); }
+
+KVLM_TARGET_AVX512 inline void to_float_block(const BlockQ6_K& b, float* out) {
+  const float d = _cvtsh_ss(b.d);
+  const __m512i offset = _mm512_set1_epi32(32);
+  __m512i q[4];
+  load_q_q6_k(b, q);
+  for (int j = 0; j < 16; ++j) {  // sub-block j: bytes 16 (j % 4) .. 16 (j % 4) + 15 of q[j / 4]
+    const __m512i qi = _mm512_sub_epi32(_mm512_cvtepu8_epi32(lane128(q[j / 4], j % 4)), offset);
+    const __m512 d1 = _mm512_set1_ps(d * static_cast<float>(b.scales[j]));
+    _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(d1, _mm512_cvtepi32_ps(qi)));
+  }
+}
+
+// Dequantized K weights times a float activation: each row's block goes through to_float_block
+// into a buffer (L1-resident), then times x, 16 floats at a time.
+template <typename Block_>
+struct KTimesF32 {
+  using Block = Block_;
+  using Activation = float;
+
+  template <int kRows>
+  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const float* x,
+                                      std::int64_t b, __m512* acc) {
+    alignas(64) float wf[kRows][kQK_K];
+    for (int r = 0; r < kRows; ++r) to_float_block(w[r * stride + b], wf[r]);
+    const float* xb = x + b * kQK_K;
+    for (int i = 0; i < kQK_K; i += 16) {
+      const __m512 xv = _mm512_loadu_ps(xb + i);
+      for (int r = 0; r < kRows; ++r) acc[r] = _mm512_fmadd_ps(_mm512_load_ps(wf[r] + i), xv, acc[r]);
+    }
+  }
+};
+
+// y[0, kRows) = w · x for K blocks, one block column at a time; prefetches every cache line of
+// the blocks `ahead` blocks on unless ahead is 0.
+template <typename Kernel, int kRows>
+KVLM_TARGET_AVX512 inline void gemv_k_rows(const typename Kernel::Block* w, std::int64_t n_blocks,
+                                           const typename Kernel::Activation* x, float* y,
+                                           std::int64_t ahead) {
+  using Block = typename Kernel::Block;
+  __m512 acc[kRows];
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    if (ahead != 0) {
+      for (int r = 0; r < kRows; ++r) {
+        const char* next = reinterpret_cast<const char*>(w + r * n_blocks + b + ahead);
+        for (std::size_t line = 0; line < sizeof(Block); line += 64) prefetch_l2(next + line);
+      }
+    }
+    Kernel::template step<kRows>(w, n_blocks, x, b, acc);
+  }
+  for (int r = 0; r < kRows; ++r) y[r] = horizontal_sum(acc[r]);
+}
+
+// y = W x; w: [rows, cols] of Kernel::Block, x: [cols] as Kernel::Activation, y: [rows].
+template <typename Kernel>
+KVLM_TARGET_AVX512 inline void gemv_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                      const void* x, float* y) {
+  const auto* wb = static_cast<const typename Kernel::Block*>(w);
+  const auto* xa = static_cast<const typename Kernel::Activation*>(x);
+  const std::int64_t n_blocks = cols / kQK_K;
+  const std::int64_t bytes = rows * n_blocks * static_cast<std::int64_t>(sizeof(*wb));
+  std::int64_t r = 0;
+  for (; r + kRowStep <= rows; r += kRowStep) {
+    const std::int64_t ahead = prefetch_distance(r, rows, n_blocks, bytes);
+    gemv_k_rows<Kernel, kRowStep>(wb + r * n_blocks, n_blocks, xa, y + r, ahead);
+  }
+  for (; r < rows; ++r) gemv_k_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
+}
+
+template <typename Block>
+KVLM_TARGET_AVX512 inline void to_float_k(const void* row, float* out, std::int64_t n) {
+  const auto* blocks = static_cast<const Block*>(row);
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) to_float_block(blocks[b], out + b * kQK_K);
+}
+
 // --- The kernels: gemv(w: [rows, cols], x, y: [rows]) and to_float(row: [n], out: [n]) ---------
 
 /// x: [cols] floats.
@@ -454,6 +724,77 @@ KVLM_TARGET_AVX512 inline void quantize_activation(const float* x, BlockQ8_0* ou
     const __m512i q1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(x1, inverse), kNearestEven);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16), _mm512_cvtsepi32_epi8(q1));
+  }
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX512 inline void gemv_q4_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_k<K4TimesQ8K<BlockQ4_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX512 inline void gemv_q5_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_k<K4TimesQ8K<BlockQ5_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
+KVLM_TARGET_AVX512 inline void gemv_q6_k(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, float* y) {
+  gemv_k<Q6_KTimesQ8K>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_q4_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                             const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ4_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_q5_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                             const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ5_K>>(w, rows, cols, x, y);
+}
+
+/// x: [cols] floats.
+KVLM_TARGET_AVX512 inline void gemv_q6_k_f32(const void* w, std::int64_t rows, std::int64_t cols,
+                                             const void* x, float* y) {
+  gemv_k<KTimesF32<BlockQ6_K>>(w, rows, cols, x, y);
+}
+
+/// Exactly as the scalar twin (fused d1 * q - m1).
+KVLM_TARGET_AVX512 inline void to_float_q4_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ4_K>(row, out, n);
+}
+
+/// Exactly as the scalar twin (fused d1 * q - m1).
+KVLM_TARGET_AVX512 inline void to_float_q5_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ5_K>(row, out, n);
+}
+
+/// (d * scale) * (q - 32), exactly as the scalar twin.
+KVLM_TARGET_AVX512 inline void to_float_q6_k(const void* row, float* out, std::int64_t n) {
+  to_float_k<BlockQ6_K>(row, out, n);
+}
+
+/// scalar::quantize_activation_k, bit for bit: x: [n], out: [n / 256].
+KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* out, std::int64_t n) {
+  constexpr int kNearestEven = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    __m512 amax = _mm512_setzero_ps();
+    for (int i = 0; i < kQK_K; i += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xb + i)));
+    const float d = horizontal_max(amax) / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = d;
+    const __m512 inverse = _mm512_set1_ps(id);
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      const __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * j), inverse),
+                                                 kNearestEven);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * j), _mm512_cvtsepi32_epi8(q));
+      out[b].bsums[j] = static_cast<std::int16_t>(_mm512_reduce_add_epi32(q));
+    }
   }
 }
 

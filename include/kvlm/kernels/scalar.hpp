@@ -4,18 +4,21 @@
 // tested against, and kernels/kernels.hpp runs them on CPUs without AVX2.
 //
 // A row of n elements of type t occupies row_bytes(t, n) bytes: n floats, n 16-bit floats, or
-// n / 32 consecutive blocks (BlockQ8_0, BlockQ4_0; layouts in dtype.hpp) for the quantized types,
-// whose n must be a multiple of 32.
+// n / 32 consecutive blocks (BlockQ8_0, BlockQ4_0) or n / 256 (BlockQ4_K, BlockQ5_K, BlockQ6_K;
+// layouts in dtype.hpp) for the quantized types, whose n must be a multiple of the block size.
 //
 // The integer path quantizes the activation like a Q8_0 weight, one BlockQ8_0 per 32 values with
 // q in [-127, 127] (never -128, which the SIMD kernels rely on); a weight block times an
-// activation block is then an int32 sum of products, scaled once by d_w * d_x.
+// activation block is then an int32 sum of products, scaled once by d_w * d_x. The K types
+// multiply by BlockQ8_K activations instead (quantize_activation_k, dot_q8k): 256 values per
+// block, whose per-16 sums (bsums) account for the weights' minimums or offsets.
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kvlm/detail/assert.hpp"
 #include "kvlm/dtype.hpp"
@@ -49,6 +52,78 @@ inline void to_float_q4_0(const BlockQ4_0* row, float* out, std::int64_t n) {
   }
 }
 
+// --- K types: dequantization -------------------------------------------------------------------
+// ggml writes a Q4_K / Q5_K weight as d1 * q - m1 (d1 = d * sc, m1 = dmin * m), which compilers
+// contract into one fused multiply-add where the target has FMA (GCC's default) and not where it
+// has not. kvlm always fuses, on every path (std::fma here; glibc runs it on the FMA unit when
+// there is one), so that all paths agree bit for bit whatever the build flags.
+
+// Q4_K and Q5_K: q (in [0, 31]) of the 256 weights of one block in order.
+inline void k_block_q(const BlockQ4_K& b, std::uint8_t* q) {
+  for (int c = 0; c < 4; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      q[64 * c + l] = b.qs[32 * c + l] & 0x0F;
+      q[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
+    }
+  }
+}
+
+inline void k_block_q(const BlockQ5_K& b, std::uint8_t* q) {
+  for (int c = 0; c < 4; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      q[64 * c + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] & 0x0F) | ((b.qh[l] >> (2 * c)) & 1) << 4);
+      q[64 * c + 32 + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] >> 4) | ((b.qh[l] >> (2 * c + 1)) & 1) << 4);
+    }
+  }
+}
+
+// Q6_K: q - 32 (in [-32, 31]) of the 256 weights of one block in order.
+inline void k_block_q(const BlockQ6_K& b, std::int8_t* q) {
+  for (int h = 0; h < 2; ++h) {
+    const std::uint8_t* ql = b.ql + 64 * h;
+    const std::uint8_t* qh = b.qh + 32 * h;
+    std::int8_t* o = q + 128 * h;
+    for (int l = 0; l < 32; ++l) {
+      o[l] = static_cast<std::int8_t>(((ql[l] & 0x0F) | ((qh[l] >> 0) & 3) << 4) - 32);
+      o[l + 32] = static_cast<std::int8_t>(((ql[l + 32] & 0x0F) | ((qh[l] >> 2) & 3) << 4) - 32);
+      o[l + 64] = static_cast<std::int8_t>(((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32);
+      o[l + 96] = static_cast<std::int8_t>(((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32);
+    }
+  }
+}
+
+// Q4_K and Q5_K (ggml's dequantize_row_q4_K / q5_K, fused as said above).
+template <typename Block>
+void to_float_k4(const Block* row, float* out, std::int64_t n) {
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    std::uint8_t q[kQK_K];
+    k_block_q(row[b], q);
+    const float d = fp16_to_fp32(row[b].d);
+    const float dmin = fp16_to_fp32(row[b].dmin);
+    float* o = out + b * kQK_K;
+    for (int j = 0; j < 8; ++j) {
+      const ScaleMin sm = scale_min_k4(row[b].scales, j);
+      const float d1 = d * static_cast<float>(sm.scale);
+      const float m1 = dmin * static_cast<float>(sm.min);
+      for (int l = 0; l < 32; ++l) o[32 * j + l] = std::fma(d1, static_cast<float>(q[32 * j + l]), -m1);
+    }
+  }
+}
+
+// ggml's dequantize_row_q6_K: (d * scale) * q, two roundings.
+inline void to_float_q6_k(const BlockQ6_K* row, float* out, std::int64_t n) {
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    std::int8_t q[kQK_K];
+    k_block_q(row[b], q);
+    const float d = fp16_to_fp32(row[b].d);
+    float* o = out + b * kQK_K;
+    for (int j = 0; j < 16; ++j) {
+      const float d1 = d * static_cast<float>(row[b].scales[j]);
+      for (int l = 0; l < 16; ++l) o[16 * j + l] = d1 * static_cast<float>(q[16 * j + l]);
+    }
+  }
+}
+
 /// Dequantizes a row of n elements of type t into out[n].
 inline void to_float(DType t, const void* row, float* out, std::int64_t n) {
   switch (t) {
@@ -57,6 +132,10 @@ inline void to_float(DType t, const void* row, float* out, std::int64_t n) {
     case DType::kBF16: return to_float_bf16(static_cast<const std::uint16_t*>(row), out, n);
     case DType::kQ8_0: return to_float_q8_0(static_cast<const BlockQ8_0*>(row), out, n);
     case DType::kQ4_0: return to_float_q4_0(static_cast<const BlockQ4_0*>(row), out, n);
+    case DType::kQ4_K: return to_float_k4(static_cast<const BlockQ4_K*>(row), out, n);
+    case DType::kQ5_K: return to_float_k4(static_cast<const BlockQ5_K*>(row), out, n);
+    case DType::kQ6_K: return to_float_q6_k(static_cast<const BlockQ6_K*>(row), out, n);
+    case DType::kQ8_K: break;  // an activation type, never a weight
   }
   KVLM_ASSERT(false && "to_float: unknown DType");
 }
@@ -111,8 +190,238 @@ inline void from_float_q4_0(const float* x, BlockQ4_0* row, std::int64_t n) {
   }
 }
 
+// --- K types: ggml's reference quantizers (without importance weights) ------------------------
+// The same algorithm as quantize_row_q4_K_ref / q5_K_ref / q6_K_ref, so the quality matches
+// llama.cpp's; the bytes may differ from llama.cpp's in rare last-bit cases (its builds may
+// contract a multiply-add that kvlm's does not, or the other way round).
+
+// ggml's nearest_int: round to nearest, ties to even, via the float adder (exact for
+// |v| < 2^22; larger values wrap, and every caller clamps).
+inline int nearest_int(float v) {
+  const float shifted = v + 12582912.0f;  // 1.5 * 2^23: the integer lands in the low mantissa bits
+  std::int32_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return (bits & 0x007FFFFF) - 0x00400000;
+}
+
+// ggml's make_qkx2_quants: x[0, n) ~ scale * L - min with L in [0, nmax] and min >= 0 (returned
+// through the_min), minimizing the weighted squared error over a few candidate scales
+// (nmax + rmin + rdelta * k, k = 0..nstep, over the range) each refined by least squares.
+inline float make_qkx2_quants(int n, int nmax, const float* x, const float* weights,
+                              std::uint8_t* L, float* the_min, std::uint8_t* Laux, float rmin,
+                              float rdelta, int nstep) {
+  float min = x[0], max = x[0];
+  float sum_w = weights[0], sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    min = std::min(min, x[i]);
+    max = std::max(max, x[i]);
+    sum_w += weights[i];
+    sum_x += weights[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *the_min = -min;
+    return 0.0f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    L[i] = static_cast<std::uint8_t>(std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax));
+    const float diff = scale * L[i] + min - x[i];
+    best_error += weights[i] * diff * diff;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
+      Laux[i] = static_cast<std::uint8_t>(l);
+      const float w = weights[i];
+      sum_l += w * static_cast<float>(l);
+      sum_l2 += w * static_cast<float>(l) * static_cast<float>(l);
+      sum_xl += w * static_cast<float>(l) * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float cur_error = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * Laux[i] + this_min - x[i];
+        cur_error += weights[i] * diff * diff;
+      }
+      if (cur_error < best_error) {
+        std::memcpy(L, Laux, static_cast<std::size_t>(n));
+        best_error = cur_error;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// ggml's smallest group maximum worth quantizing (GROUP_MAX_EPS).
+constexpr float kGroupMaxEps = 1e-15f;
+
+// ggml's make_qx_quants with rmse_type 1 and no importance weights: x[0, n) ~ scale * (L - nmax)
+// with L in [0, 2 nmax), weighting each element by x^2, over 19 candidate scales.
+inline float make_qx_quants(int n, int nmax, const float* x, std::int8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  if (amax < kGroupMaxEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.0f;
+  }
+  const auto fit = [&](float iscale, float& sumlx, float& suml2, bool store) {
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
+      if (store) L[i] = static_cast<std::int8_t>(l + nmax);
+      const float w = x[i] * x[i];
+      sumlx += w * x[i] * static_cast<float>(l);
+      suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+    }
+  };
+  float sumlx, suml2;
+  fit(-static_cast<float>(nmax) / max, sumlx, suml2, true);
+  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
+    fit(iscale, sumlx, suml2, false);
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      fit(iscale, sumlx, suml2, true);
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// Q4_K and Q5_K (ggml's quantize_row_q4_K_ref / q5_K_ref): each sub-block of 32 gets a scale and
+// a minimum from make_qkx2_quants, weighted by rms + |x|; those are quantized to 6 bits against
+// the block's largest (d, dmin), and the q recomputed with the 6-bit ones.
+template <typename Block>
+void from_float_k4(const float* x, Block* row, std::int64_t n) {
+  constexpr bool kFiveBits = std::is_same_v<Block, BlockQ5_K>;
+  constexpr int kMaxQ = kFiveBits ? 31 : 15;
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    Block& y = row[b];
+    std::uint8_t L[kQK_K], Laux[32];
+    float weights[32], scales[8], mins[8];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += xb[32 * j + l] * xb[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xb[32 * j + l]);
+      scales[j] = kFiveBits ? make_qkx2_quants(32, kMaxQ, xb + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15)
+                            : make_qkx2_quants(32, kMaxQ, xb + 32 * j, weights, L + 32 * j, &mins[j], Laux, -1.0f, 0.1f, 20);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    std::memset(y.scales, 0, sizeof y.scales);
+    for (int j = 0; j < 8; ++j) {
+      const int ls = std::min(63, nearest_int(inv_scale * scales[j]));
+      const int lm = std::min(63, nearest_int(inv_min * mins[j]));
+      if (j < 4) {
+        y.scales[j] = static_cast<std::uint8_t>(ls);
+        y.scales[j + 4] = static_cast<std::uint8_t>(lm);
+      } else {
+        y.scales[j + 4] = static_cast<std::uint8_t>((ls & 0x0F) | (lm & 0x0F) << 4);
+        y.scales[j - 4] |= static_cast<std::uint8_t>((ls >> 4) << 6);
+        y.scales[j] |= static_cast<std::uint8_t>((lm >> 4) << 6);
+      }
+    }
+    y.d = fp32_to_fp16(max_scale / 63.0f);
+    y.dmin = fp32_to_fp16(max_min / 63.0f);
+    for (int j = 0; j < 8; ++j) {
+      const ScaleMin sm = scale_min_k4(y.scales, j);
+      const float d = fp16_to_fp32(y.d) * static_cast<float>(sm.scale);
+      if (d == 0.0f) continue;
+      const float dm = fp16_to_fp32(y.dmin) * static_cast<float>(sm.min);
+      for (int l = 0; l < 32; ++l) {
+        L[32 * j + l] = static_cast<std::uint8_t>(std::clamp(nearest_int((xb[32 * j + l] + dm) / d), 0, kMaxQ));
+      }
+    }
+    if constexpr (kFiveBits) std::memset(y.qh, 0, sizeof y.qh);
+    for (int c = 0; c < 4; ++c) {
+      for (int l = 0; l < 32; ++l) {
+        const int l1 = L[64 * c + l], l2 = L[64 * c + 32 + l];
+        y.qs[32 * c + l] = static_cast<std::uint8_t>((l1 & 0x0F) | (l2 & 0x0F) << 4);
+        if constexpr (kFiveBits) {
+          y.qh[l] |= static_cast<std::uint8_t>((l1 >> 4) << (2 * c) | (l2 >> 4) << (2 * c + 1));
+        }
+      }
+    }
+  }
+}
+
+// Q6_K (ggml's quantize_row_q6_K_ref): each sub-block of 16 gets a signed scale from
+// make_qx_quants; those are quantized to int8 against the block's largest (d = max / -128), and
+// the q recomputed with the 8-bit ones.
+inline void from_float_q6_k(const float* x, BlockQ6_K* row, std::int64_t n) {
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    BlockQ6_K& y = row[b];
+    std::int8_t L[kQK_K];
+    float scales[16];
+    float max_scale = 0, max_abs_scale = 0;
+    for (int j = 0; j < 16; ++j) {
+      scales[j] = make_qx_quants(16, 32, xb + 16 * j, L + 16 * j);
+      if (std::fabs(scales[j]) > max_abs_scale) {
+        max_abs_scale = std::fabs(scales[j]);
+        max_scale = scales[j];
+      }
+    }
+    if (max_abs_scale < kGroupMaxEps) {
+      std::memset(&y, 0, sizeof y);
+      continue;
+    }
+    const float iscale = -128.0f / max_scale;
+    y.d = fp32_to_fp16(1 / iscale);
+    for (int j = 0; j < 16; ++j) {
+      y.scales[j] = static_cast<std::int8_t>(std::min(127, nearest_int(iscale * scales[j])));
+    }
+    for (int j = 0; j < 16; ++j) {
+      const float d = fp16_to_fp32(y.d) * static_cast<float>(y.scales[j]);
+      if (d == 0.0f) continue;
+      for (int l = 0; l < 16; ++l) {
+        L[16 * j + l] = static_cast<std::int8_t>(std::clamp(nearest_int(xb[16 * j + l] / d), -32, 31) + 32);
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const std::int8_t* Lh = L + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        y.ql[64 * h + l] = static_cast<std::uint8_t>((Lh[l] & 0x0F) | (Lh[l + 64] & 0x0F) << 4);
+        y.ql[64 * h + l + 32] = static_cast<std::uint8_t>((Lh[l + 32] & 0x0F) | (Lh[l + 96] & 0x0F) << 4);
+        y.qh[32 * h + l] = static_cast<std::uint8_t>((Lh[l] >> 4) | (Lh[l + 32] >> 4) << 2 |
+                                                     (Lh[l + 64] >> 4) << 4 | (Lh[l + 96] >> 4) << 6);
+      }
+    }
+  }
+}
+
 /// Quantizes (or converts) x[n] into a row of type t, exactly as llama.cpp's `llama-quantize`
-/// writes it: F16 and BF16 round to nearest even, Q8_0 and Q4_0 use ggml's reference quantizers.
+/// writes it: F16 and BF16 round to nearest even, Q8_0 and Q4_0 use ggml's reference quantizers;
+/// the K types follow ggml's reference quantizers' algorithm (see above).
 inline void from_float(DType t, const float* x, void* row, std::int64_t n) {
   switch (t) {
     case DType::kF32: std::memcpy(row, x, static_cast<std::size_t>(n) * sizeof(float)); return;
@@ -124,14 +433,18 @@ inline void from_float(DType t, const float* x, void* row, std::int64_t n) {
       return;
     case DType::kQ8_0: return from_float_q8_0(x, static_cast<BlockQ8_0*>(row), n);
     case DType::kQ4_0: return from_float_q4_0(x, static_cast<BlockQ4_0*>(row), n);
+    case DType::kQ4_K: return from_float_k4(x, static_cast<BlockQ4_K*>(row), n);
+    case DType::kQ5_K: return from_float_k4(x, static_cast<BlockQ5_K*>(row), n);
+    case DType::kQ6_K: return from_float_q6_k(x, static_cast<BlockQ6_K*>(row), n);
+    case DType::kQ8_K: break;  // activations: quantize_activation_k
   }
   KVLM_ASSERT(false && "from_float: unknown DType");
 }
 
 /// row · x: the sum over i of w[i] * x[i], with w the dequantized row; x: [n].
 inline float dot(DType t, const void* row, const float* x, std::int64_t n) {
-  // Dequantize 32 weights (one block of a quantized type) at a time.
-  constexpr std::int64_t kChunk = 32;
+  // Dequantize 256 weights (whole blocks of every quantized type) at a time.
+  constexpr std::int64_t kChunk = kQK_K;
   const auto* bytes = static_cast<const std::byte*>(row);
   float w[kChunk];
   float sum = 0.0f;
@@ -180,6 +493,81 @@ inline float dot_q8(DType t, const void* row, const BlockQ8_0* xq, std::int64_t 
     std::int32_t isum = 0;
     for (int j = 0; j < BlockQ8_0::kSize; ++j) isum += q[j] * xq[b].qs[j];
     sum += static_cast<float>(isum) * (d_w * fp16_to_fp32(xq[b].d));
+  }
+  return sum;
+}
+
+// --- K types: the integer path ------------------------------------------------------------------
+
+/// The K types' activation quantizer: per 256 values d = max|x| / 127 (kept as a float), q =
+/// x / d rounded to nearest even (so q in [-127, 127], never -128), and bsums[j] = the sum of
+/// q[16j .. 16j + 16). Like ggml's quantize_row_q8_K but with quantize_activation's rounding and
+/// sign convention, which the SIMD versions match bit for bit. x: [n], out: [n / 256].
+inline void quantize_activation_k(const float* x, BlockQ8_K* out, std::int64_t n) {
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    float amax = 0.0f;
+    for (int j = 0; j < kQK_K; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = d;
+    for (int j = 0; j < kQK_K; ++j) out[b].qs[j] = static_cast<std::int8_t>(std::nearbyint(xb[j] * id));
+    for (int j = 0; j < kQK_K / 16; ++j) {
+      int sum = 0;
+      for (int l = 0; l < 16; ++l) sum += out[b].qs[16 * j + l];
+      out[b].bsums[j] = static_cast<std::int16_t>(sum);
+    }
+  }
+}
+
+/// row · x for a Q4_K, Q5_K or Q6_K row and a quantized activation xq: [n / 256] blocks. Per
+/// block, exactly in int32: Q4_K / Q5_K: sumi = sum_j sc_j * (sum over sub-block j of q * q_x)
+/// and summ = sum_j m_j * (sum of q_x over sub-block j, from bsums); the block adds
+/// d_x * (d * sumi - dmin * summ). Q6_K: sumi = sum_j scale_j * (sum of (q - 32) * q_x); the block
+/// adds d_x * d * sumi. Blocks are summed in float.
+inline float dot_q8k(DType t, const void* row, const BlockQ8_K* xq, std::int64_t n) {
+  KVLM_ASSERT(t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K);
+  float sum = 0.0f;
+  for (std::int64_t b = 0; b < n / kQK_K; ++b) {
+    const BlockQ8_K& x = xq[b];
+    if (t == DType::kQ6_K) {
+      const BlockQ6_K& w = static_cast<const BlockQ6_K*>(row)[b];
+      std::int8_t q[kQK_K];
+      k_block_q(w, q);
+      std::int32_t sumi = 0;
+      for (int j = 0; j < 16; ++j) {
+        std::int32_t s = 0;
+        for (int l = 0; l < 16; ++l) s += q[16 * j + l] * x.qs[16 * j + l];
+        sumi += w.scales[j] * s;
+      }
+      sum += x.d * (fp16_to_fp32(w.d) * static_cast<float>(sumi));
+      continue;
+    }
+    std::uint8_t q[kQK_K];
+    const std::uint8_t* scales;
+    float d, dmin;
+    if (t == DType::kQ4_K) {
+      const BlockQ4_K& w = static_cast<const BlockQ4_K*>(row)[b];
+      k_block_q(w, q);
+      scales = w.scales;
+      d = fp16_to_fp32(w.d);
+      dmin = fp16_to_fp32(w.dmin);
+    } else {
+      const BlockQ5_K& w = static_cast<const BlockQ5_K*>(row)[b];
+      k_block_q(w, q);
+      scales = w.scales;
+      d = fp16_to_fp32(w.d);
+      dmin = fp16_to_fp32(w.dmin);
+    }
+    std::int32_t sumi = 0, summ = 0;
+    for (int j = 0; j < 8; ++j) {
+      const ScaleMin sm = scale_min_k4(scales, j);
+      std::int32_t s = 0;
+      for (int l = 0; l < 32; ++l) s += q[32 * j + l] * x.qs[32 * j + l];
+      sumi += sm.scale * s;
+      summ += sm.min * (x.bsums[2 * j] + x.bsums[2 * j + 1]);
+    }
+    sum += x.d * (d * static_cast<float>(sumi) - dmin * static_cast<float>(summ));
   }
   return sum;
 }

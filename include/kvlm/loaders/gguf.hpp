@@ -10,7 +10,8 @@
 //    embedding_length / head_count (llama.attention.key_length / value_length), RoPE scaling
 //    (llama.rope.scaling.type other than "none", or a linear factor other than 1, or a
 //    rope_freqs.weight tensor) and mixtures of experts (llama.expert_count > 0) (kConfig);
-//  - tensor types other than F32, F16, BF16, Q8_0, Q4_0 (the reader refuses them, kFormat);
+//  - tensor types other than F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (the reader refuses
+//    them, kFormat);
 //  - a tensor that is not one of the Llama weights listed in model_file.hpp for this config
 //    (biases, extra norms, layers past block_count: kFormat), rather than ignoring what might
 //    change the model's output;
