@@ -21,7 +21,7 @@
 
 namespace kvlm::kernels::avx2 {
 
-constexpr int kRowStep = 4;
+constexpr int kRowStep = 1;  // rows one after another (kernels/avx512.hpp)
 
 // Matrices from this size on are prefetched: well beyond a core's L2 (kernels/avx512.hpp).
 constexpr std::int64_t kPrefetchMinBytes = std::int64_t{4} << 20;

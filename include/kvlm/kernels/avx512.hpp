@@ -5,13 +5,14 @@
 // CPU that has the features. Each kernel has a scalar twin in kernels/scalar.hpp; row and block
 // layouts are described there and in dtype.hpp.
 //
-// A gemv computes y[r] = row r · x for kRowStep rows at a time, so that each load of the
-// activation feeds kRowStep rows, with one accumulator per row; the rows left over go one by one.
-// Reading a group of rows side by side makes kRowStep short sequential streams (a 4096-column
-// Q4_0 row is 36 cache lines), too short for the hardware prefetcher to ramp up on; so while it
-// reads one group, a gemv over a matrix too large to stay in cache prefetches the next group into
-// L2 (4096 x 4096 Q4_0 from DRAM, one Zen 5 core: 9 -> about 28 GB/s). On a matrix that stays in
-// cache the prefetches would only cost load slots.
+// A gemv computes y[r] = row r · x for kRowStep rows at a time, one accumulator per row; the
+// rows left over go one by one. kRowStep = 1: rows are read one after another, one sequential
+// stream the hardware prefetcher follows. Reading 4 rows side by side (so one activation load
+// feeds 4 rows) made 4 short streams instead (a 2048-column Q4_0 row is 18 cache lines), and
+// decoding tinyllama-1.1b's shape on 2 threads went from 46 to 67 tok/s in Q4_0, 30 to 39 in
+// Q8_0 and 19 to 21 in F16 when they were read one by one: the activation (a few KB) stays in
+// L1 either way. A gemv over a matrix too large to stay in cache also prefetches the next rows
+// into L2; on a matrix that stays in cache the prefetches would only cost load slots.
 
 #include <immintrin.h>
 
@@ -34,7 +35,7 @@
 
 namespace kvlm::kernels::avx512 {
 
-constexpr int kRowStep = 4;
+constexpr int kRowStep = 1;
 
 // Matrices from this size on are prefetched (see above): well beyond a core's L2 (1 or 2 MiB).
 constexpr std::int64_t kPrefetchMinBytes = std::int64_t{4} << 20;
