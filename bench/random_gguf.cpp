@@ -3,7 +3,7 @@
 // any machine, and beside llama.cpp on the very same file. Speed does not depend on the values.
 //
 //   random_gguf SHAPE TYPE OUT [--seed S] [--vocab VOCAB.gguf]
-//   SHAPE: stories15M, stories110M, tinyllama-1.1b;  TYPE: F32, F16, BF16, Q8_0, Q4_0
+//   SHAPE: stories15M, stories110M, tinyllama-1.1b;  TYPE: as quantize takes it (Q4_0, Q4_K_M, ...)
 //   VOCAB: default <models>/llama-spm-vocab/ggml-vocab-llama-spm.gguf
 
 #include <cstdlib>
@@ -20,7 +20,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: random_gguf SHAPE TYPE OUT [--seed S] [--vocab VOCAB.gguf]\n"
     "  SHAPE  stories15M, stories110M or tinyllama-1.1b\n"
-    "  TYPE   F32, F16, BF16, Q8_0 or Q4_0\n";
+    "  TYPE   F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, Q4_K_M or Q5_K_M\n";
 
 kvlm::ModelConfig shape(const std::string& name) {
   kvlm::ModelConfig c;
@@ -59,11 +59,11 @@ int run(int argc, char** argv) {
   }
   if (positional.size() != 3) throw examples::UsageError("expected SHAPE TYPE OUT");
   const kvlm::ModelConfig config = shape(positional[0]);
-  const kvlm::DType type = examples::parse_dtype(positional[1]);
+  const kvlm::QuantizeRecipe& recipe = kvlm::quantize_recipe(positional[1]);
   const kvlm::TokenizerVocab vocab = kvlm::load_gguf_vocab(vocab_path);
   // std 0.02 as in real checkpoints; norms near 1.
   const kvlm::ModelFile file = kvlm::test::random_model_file(config, seed, 0.02f);
-  kvlm::write_gguf(file, type, &vocab, positional[2], positional[0] + "-random");
+  kvlm::write_gguf(file, recipe, &vocab, positional[2], positional[0] + "-random");
   std::cout << "wrote " << positional[2] << "\n";
   return 0;
 }

@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "kvlm/detail/read_file.hpp"
-#include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/loaders/model_file.hpp"
 
@@ -66,15 +65,6 @@ inline float parse_float(const std::string& flag, const std::string& text, float
     throw UsageError(flag + " expects a number in " + range.str() + ", got '" + text + "'");
   }
   return v;
-}
-
-// A weight type by its GGUF name: F32, F16, BF16, Q8_0 or Q4_0.
-inline kvlm::DType parse_dtype(const std::string& text) {
-  for (kvlm::DType t : {kvlm::DType::kF32, kvlm::DType::kF16, kvlm::DType::kBF16,
-                        kvlm::DType::kQ8_0, kvlm::DType::kQ4_0}) {
-    if (text == kvlm::to_string(t)) return t;
-  }
-  throw UsageError("TYPE must be F32, F16, BF16, Q8_0 or Q4_0, got '" + text + "'");
 }
 
 inline bool has_suffix(const std::string& s, const std::string& suffix) {

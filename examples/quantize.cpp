@@ -17,8 +17,10 @@ constexpr const char* kUsage =
     "usage: quantize IN OUT TYPE [-z TOKENIZER]\n"
     "  IN            llama2.c checkpoint (.bin) or GGUF file\n"
     "  OUT           the GGUF file to write\n"
-    "  TYPE          F32, F16, BF16, Q8_0 or Q4_0: every weight matrix is stored so (a matrix\n"
-    "                whose rows do not split into 32-weight blocks falls back to F16)\n"
+    "  TYPE          F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K: every weight matrix is\n"
+    "                stored so; or Q4_K_M / Q5_K_M, llama.cpp's mixes (Q6_K for the classifier\n"
+    "                and some attn_v / ffn_down). A matrix whose rows do not split into the\n"
+    "                type's blocks falls back to Q8_0 (K-quants) or F16\n"
     "  -z TOKENIZER  SentencePiece .model (or GGUF) to embed; default: IN's own if it is GGUF,\n"
     "                else the *.model file beside IN\n";
 
@@ -36,7 +38,13 @@ int run(int argc, char** argv) {
   if (positional.size() != 3) throw examples::UsageError("expected IN OUT TYPE");
   const std::string& in = positional[0];
   const std::string& out = positional[1];
-  const kvlm::DType type = examples::parse_dtype(positional[2]);
+  const kvlm::QuantizeRecipe& recipe = [&]() -> const kvlm::QuantizeRecipe& {
+    try {
+      return kvlm::quantize_recipe(positional[2]);
+    } catch (const kvlm::Error& e) {
+      throw examples::UsageError(e.what());
+    }
+  }();
 
   const bool gguf = kvlm::detect_format(in) == kvlm::FileFormat::kGguf;
   const kvlm::ModelFile file = gguf ? kvlm::load_gguf(in) : kvlm::load_llama2c(in);
@@ -49,14 +57,14 @@ int run(int argc, char** argv) {
                           " pieces but " + in + " has a vocabulary of " +
                           std::to_string(file.config.vocab_size));
   }
-  const kvlm::QuantizeReport report = kvlm::write_gguf(file, type, vocab ? &*vocab : nullptr, out);
+  const kvlm::QuantizeReport report = kvlm::write_gguf(file, recipe, vocab ? &*vocab : nullptr, out);
 
   std::map<std::string, int> counts;
   for (const auto& [name, t] : report.types) ++counts[kvlm::to_string(t)];
   for (const auto& [name, count] : counts) std::cout << name << ": " << count << " tensors\n";
   for (const std::string& name : report.fallbacks) {
-    std::cout << name << ": rows do not split into " << kvlm::to_string(type)
-              << " blocks, stored as F16\n";
+    std::cout << name << ": rows do not split into " << recipe.name << " blocks, stored as "
+              << kvlm::to_string(report.types.at(name)) << "\n";
   }
   std::cout << "wrote " << out << "\n";
   return 0;

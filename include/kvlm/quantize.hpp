@@ -1,11 +1,13 @@
 #pragma once
-// quantize: writes a model as a GGUF file with its weight matrices converted to one DType, the
-// way llama.cpp's `llama-quantize --pure` does: every matrix (the embedding table and the
-// classifier included) in the target type, norms in F32, the tokenizer carried along, the
-// metadata keys and tensor names llama.cpp uses. Conversion goes through float32 and the
-// reference quantizers (kernels::scalar::from_float), whose bytes equal llama.cpp's.
+// quantize: writes a model as a GGUF file with its weight matrices converted, the way llama.cpp's
+// llama-quantize does: every matrix (the embedding table and the classifier included) in the
+// target type (--pure), or llama.cpp's Q4_K_M / Q5_K_M mixes; norms in F32, the tokenizer
+// carried along, the metadata keys and tensor names llama.cpp uses. Conversion goes through
+// float32 and the reference quantizers (kernels::scalar::from_float), whose bytes equal
+// llama.cpp's for F16, BF16, Q8_0 and Q4_0.
 
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <utility>
@@ -19,36 +21,93 @@
 
 namespace kvlm {
 
+/// What quantize stores: every matrix as `type` (llama-quantize --pure), or one of llama.cpp's
+/// medium K-quant mixes, which give Q6_K to the tensors that suffer most from fewer bits.
+struct QuantizeRecipe {
+  const char* name;        // as llama-quantize names it: "Q8_0", "Q4_K_M", ...
+  DType type;              // every matrix's type, unless the mix says otherwise
+  bool medium_mix;         // Q4_K_M / Q5_K_M: Q6_K for the classifier, and for attn_v and
+                           // ffn_down in the layers llama.cpp's use_more_bits() picks
+  std::uint32_t file_type; // llama.cpp's general.file_type (LLAMA_FTYPE_*)
+};
+
+inline constexpr QuantizeRecipe kQuantizeRecipes[] = {
+    {"F32", DType::kF32, false, 0},     {"F16", DType::kF16, false, 1},
+    {"BF16", DType::kBF16, false, 32},  {"Q8_0", DType::kQ8_0, false, 7},
+    {"Q4_0", DType::kQ4_0, false, 2},   {"Q4_K", DType::kQ4_K, false, 14},
+    {"Q5_K", DType::kQ5_K, false, 16},  {"Q6_K", DType::kQ6_K, false, 18},
+    {"Q4_K_M", DType::kQ4_K, true, 15}, {"Q5_K_M", DType::kQ5_K, true, 17},
+};
+
+/// The recipe llama-quantize calls `name` ("Q8_0", "Q4_K_M", ...).
+/// @throws Error(kInvalidArgument) naming the known recipes.
+inline const QuantizeRecipe& quantize_recipe(const std::string& name) {
+  std::string known;
+  for (const QuantizeRecipe& r : kQuantizeRecipes) {
+    if (name == r.name) return r;
+    known += (known.empty() ? "" : ", ") + std::string(r.name);
+  }
+  throw Error(ErrorCode::kInvalidArgument,
+              "unknown quantization type '" + name + "' (known: " + known + ")");
+}
+
 /// What write_gguf stored, tensor by tensor.
 struct QuantizeReport {
-  std::map<std::string, DType> types;        // every tensor written, by name
-  std::vector<std::string> fallbacks;        // matrices whose rows do not split into the type's
-                                             // blocks, stored as F16 instead
+  std::map<std::string, DType> types;  // every tensor written, by name
+  std::vector<std::string> fallbacks;  // matrices whose rows do not split into their type's
+                                       // blocks, stored in a fallback type instead
 };
 
 namespace detail {
 
-// llama.cpp's general.file_type for a file whose matrices are all `type` (LLAMA_FTYPE_*).
-inline std::uint32_t llama_file_type(DType type) {
-  switch (type) {
-    case DType::kF32: return 0;   // ALL_F32
-    case DType::kF16: return 1;   // MOSTLY_F16
-    case DType::kQ4_0: return 2;  // MOSTLY_Q4_0
-    case DType::kQ8_0: return 7;  // MOSTLY_Q8_0
-    case DType::kBF16: return 32; // MOSTLY_BF16
+// llama.cpp's use_more_bits(i_layer, n_layers): the first and last eighth of the layers and
+// every third one between them.
+inline bool use_more_bits(int layer, int n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+// The layer of a tensor named "blk.<layer>.<suffix>" with that suffix, else -1.
+inline int layer_of(const std::string& name, const std::string& suffix) {
+  if (name.compare(0, 4, "blk.") != 0 || name.size() <= suffix.size() ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return -1;
   }
-  return 0;
+  return std::atoi(name.c_str() + 4);
+}
+
+// The type `recipe` gives tensor `name` of a model with `n_layers` layers, as llama.cpp's
+// llama_tensor_get_type does for these mixes. The classifier is output.weight, or token_embd
+// when the model has none (tied).
+inline DType recipe_type(const QuantizeRecipe& recipe, const std::string& name, int n_layers,
+                         bool shared_classifier) {
+  if (!recipe.medium_mix) return recipe.type;
+  const bool classifier =
+      name == "output.weight" || (shared_classifier && name == "token_embd.weight");
+  const int v = layer_of(name, ".attn_v.weight"), down = layer_of(name, ".ffn_down.weight");
+  if (classifier || (v >= 0 && use_more_bits(v, n_layers)) ||
+      (down >= 0 && use_more_bits(down, n_layers))) {
+    return DType::kQ6_K;
+  }
+  return recipe.type;
+}
+
+// For a matrix whose rows do not split into `type`'s blocks: Q8_0 for a K-quant when 32-weight
+// blocks fit (llama.cpp picks Q5_0/Q5_1/Q8_0, which kvlm does not all have), else F16.
+inline DType fallback_type(DType type, std::int64_t cols) {
+  const bool k_quant = info(type).block_size == 256;
+  return k_quant && cols % BlockQ8_0::kSize == 0 ? DType::kQ8_0 : DType::kF16;
 }
 
 }  // namespace detail
 
 /// Writes `file` (any loader's output, or a model built in memory) to `path` as GGUF v3 with its
-/// matrices stored as `type`; `vocab`, if given, becomes the file's tokenizer.ggml.* keys.
-/// `name` is general.name. Memory: the converted tensors are held until the file is written
-/// (about the output file's size).
+/// matrices stored as `recipe` says and its norms as F32; `vocab`, if given, becomes the file's
+/// tokenizer.ggml.* keys. `name` is general.name. Memory: the converted tensors are held until
+/// the file is written (about the output file's size).
 /// @throws Error(kIo) if the file cannot be written.
-inline QuantizeReport write_gguf(const ModelFile& file, DType type, const TokenizerVocab* vocab,
-                                 const std::string& path, const std::string& name = "llama") {
+inline QuantizeReport write_gguf(const ModelFile& file, const QuantizeRecipe& recipe,
+                                 const TokenizerVocab* vocab, const std::string& path,
+                                 const std::string& name = "llama") {
   const ModelConfig& c = file.config;
   gguf::GgufWriter out;
   out.set("general.architecture", "llama");
@@ -63,8 +122,8 @@ inline QuantizeReport write_gguf(const ModelFile& file, DType type, const Tokeni
   out.set("llama.attention.layer_norm_rms_epsilon", c.norm_eps);
   out.set("llama.rope.freq_base", c.rope_theta);
   out.set("llama.vocab_size", static_cast<std::uint32_t>(c.vocab_size));
-  out.set("general.file_type", detail::llama_file_type(type));
-  if (type == DType::kQ8_0 || type == DType::kQ4_0) out.set("general.quantization_version", 2u);
+  out.set("general.file_type", recipe.file_type);
+  if (info(recipe.type).block_size > 1) out.set("general.quantization_version", 2u);
   if (vocab != nullptr) {
     auto id = [](std::int32_t token) { return static_cast<std::uint32_t>(token); };  // -1: none
     out.set("tokenizer.ggml.model", vocab->model);
@@ -87,9 +146,10 @@ inline QuantizeReport write_gguf(const ModelFile& file, DType type, const Tokeni
   std::vector<float> row;
   for (const auto& [tensor_name, w] : file.weights) {
     const bool is_norm = w.rows == 1;  // norms are [1, n]; every matrix has more rows
-    DType to = is_norm ? DType::kF32 : type;
+    DType to = is_norm ? DType::kF32
+                       : detail::recipe_type(recipe, tensor_name, c.n_layers, c.shared_classifier);
     if (w.cols % info(to).block_size != 0) {
-      to = DType::kF16;
+      to = detail::fallback_type(to, w.cols);
       report.fallbacks.push_back(tensor_name);
     }
     std::vector<std::byte>& bytes = buffers.emplace_back(static_cast<std::size_t>(w.rows) *
