@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kvlm/kvlm.hpp"
+#include "kvlm/quantize.hpp"
 #include "random_model.hpp"
 
 namespace {
@@ -282,15 +283,15 @@ void BM_Prefill(benchmark::State& state) {
 BENCHMARK(BM_Prefill)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
-// <shape>-<TYPE>.gguf (scripts/bench-types writes them with random_gguf), each as
+// <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M) (scripts/bench-types writes them with random_gguf), each as
 // BM_TypeDecode/<file> (16 tokens after a 128-token prompt, against the bandwidth roofline) and
 // BM_TypePrefill/<file> (512 tokens, against the FMA peak).
 void register_type_benchmarks() {
   const char* dir = std::getenv("KVLM_BENCH_MODELS");
   if (dir == nullptr || *dir == '\0') return;
   for (const char* shape : {"stories110M", "tinyllama-1.1b"}) {
-    for (const char* type : {"F32", "F16", "BF16", "Q8_0", "Q4_0"}) {
-      const std::string name = std::string(shape) + "-" + type;
+    for (const kvlm::QuantizeRecipe& recipe : kvlm::kQuantizeRecipes) {
+      const std::string name = std::string(shape) + "-" + recipe.name;
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
       // Loaded once, on first use, so a filtered run maps only the files it measures.
