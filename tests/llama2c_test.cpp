@@ -6,6 +6,8 @@
 #include "kvlm/loaders/llama2c.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>  // mkdtemp
 
 #include <climits>
@@ -297,6 +299,15 @@ TEST_F(Llama2c, DirectoryIsAnIoError) {
   EXPECT_TRUE(throws_error([&] { load_llama2c(dir_); }, ErrorCode::kIo,
                            {dir_, "not a regular file"}));
   EXPECT_TRUE(throws_error([&] { Model::load(dir_); }, ErrorCode::kIo, {dir_}));
+}
+
+// A FIFO is refused at once, not waited on for a writer that never comes.
+TEST_F(Llama2c, FifoIsRefusedWithoutWaiting) {
+  const std::string fifo = dir_ + "/model.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(detect_format(fifo), FileFormat::kLlama2c);
+  EXPECT_TRUE(throws_error([&] { Model::load(fifo); }, ErrorCode::kIo, {fifo, "not a regular file"}));
+  ::unlink(fifo.c_str());
 }
 
 TEST_F(Llama2c, EmptyFile) {

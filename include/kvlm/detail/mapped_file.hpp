@@ -20,7 +20,8 @@ class MappedFile {
  public:
   /// @throws Error(kIo) naming the path and the system's reason when the file cannot be mapped.
   explicit MappedFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; it is refused below.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) fail("cannot open");
     struct stat st {};
     if (::fstat(fd, &st) != 0) {

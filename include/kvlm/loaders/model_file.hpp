@@ -13,9 +13,12 @@
 //   output_norm.weight                     [1, dim]
 //   output.weight                          [vocab_size, dim], absent when the classifier is shared
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -55,12 +58,18 @@ struct ModelFile {
 /// checkpoint starts straight with its header, so anything else is left to that loader to judge.
 enum class FileFormat { kGguf, kLlama2c };
 
-/// The format of the file at `path`, from its first bytes (never its name). A file that cannot be
-/// read counts as kLlama2c, whose loader then says why it cannot be read.
+/// The format of the file at `path`, from its first bytes (never its name). Anything that is not
+/// a readable regular file counts as kLlama2c, whose loader then says why it cannot be read; a
+/// FIFO is opened without blocking and never read, so this never waits for a writer.
 inline FileFormat detect_format(const std::string& path) {
   char magic[4] = {};
-  std::ifstream(path, std::ios::binary).read(magic, 4);
-  return std::memcmp(magic, "GGUF", 4) == 0 ? FileFormat::kGguf : FileFormat::kLlama2c;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return FileFormat::kLlama2c;
+  struct stat st {};
+  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  const bool read_all = regular && ::read(fd, magic, sizeof magic) == sizeof magic;
+  ::close(fd);
+  return read_all && std::memcmp(magic, "GGUF", 4) == 0 ? FileFormat::kGguf : FileFormat::kLlama2c;
 }
 
 }  // namespace kvlm
