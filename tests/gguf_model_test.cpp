@@ -18,6 +18,7 @@
 #include "kvlm/quantize.hpp"
 #include "kvlm/session.hpp"
 #include "models.hpp"
+#include "random_model.hpp"
 #include "reference_forward.hpp"
 
 namespace kvlm {
@@ -310,6 +311,24 @@ TEST(GgufModel, MixedTypesPerTensor) {
   const std::vector<double> reference = test::reference_logits(*model, tokens);
   EXPECT_LE(max_abs_diff(step_all(model, tokens), reference), 3e-2);
   EXPECT_LE(max_abs_diff(evaluate_all(model, tokens), reference), 3e-2);
+}
+
+// Weights a host builds in memory get the loaders' checks: a type with kernels, whole blocks.
+TEST(GgufModel, FromFileRefusesTypesItCannotMultiply) {
+  ModelConfig c = test::small_gqa_config();
+  c.dim = 48;  // not a multiple of Q4_0's 32-weight blocks
+  c.head_dim = 6;
+  for (const DType type : {DType::kQ4_0, DType::kQ8_K, static_cast<DType>(3)}) {
+    ModelFile file = test::random_model_file(c, 3);
+    file.weights.at("blk.1.attn_q.weight").dtype = type;
+    try {
+      Model::from_file(std::move(file));
+      ADD_FAILURE() << "accepted " << to_string(type);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kFormat);
+      EXPECT_NE(std::string(e.what()).find("blk.1.attn_q.weight"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // A batch of 2 or 3 tokens takes the gemv path, a larger one the tiled one; every chunking of a

@@ -620,7 +620,7 @@ TEST_F(GgufWriterTest, RefusesBadTensors) {
   EXPECT_TRUE(refuses("five", DType::kF32, {1, 1, 1, 1, 1}, buf.data(), "5 dimensions"));
   EXPECT_TRUE(refuses("none", DType::kF32, {}, buf.data(), "0 dimensions"));
   EXPECT_TRUE(refuses("null", DType::kF32, {4}, nullptr, "no data"));
-  EXPECT_TRUE(refuses(std::string(65, 'n'), DType::kF32, {4}, buf.data(), "longer than 64"));
+  EXPECT_TRUE(refuses(std::string(64, 'n'), DType::kF32, {4}, buf.data(), "longer than 63"));
 }
 
 TEST_F(GgufWriterTest, RefusesOverlongKeys) {
@@ -954,7 +954,7 @@ TEST_F(GgufMalformed, BoolNeitherZeroNorOne) {
 
 TEST_F(GgufMalformed, TensorNameOverTheLimit) {
   EXPECT_TRUE(refuses(Bytes().header(1, 0).tensor(std::string(65, 'x'), {8}, 0, 0).pad().zeros(32),
-                      {"the name of tensor 0 is 65 bytes long, more than the limit of 64"}));
+                      {"the name of tensor 0 is 65 bytes long, more than the limit of 63"}));
 }
 
 TEST_F(GgufMalformed, StringsNeedNotBeUtf8) {

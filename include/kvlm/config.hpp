@@ -2,6 +2,7 @@
 // ModelConfig: the hyperparameters of a Llama-architecture model, as read from a file, and
 // validate(), which every loader calls before any size from the file is used.
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -69,8 +70,9 @@ inline void ModelConfig::validate() const {
     throw Error(ErrorCode::kConfig, "config: head_dim = " + std::to_string(head_dim) +
                                         " is odd; RoPE rotates pairs of dimensions");
   }
-  if (!(rope_theta > 0.0f) || !(norm_eps > 0.0f)) {
-    throw Error(ErrorCode::kConfig, "config: rope_theta and norm_eps must be positive");
+  if (!(rope_theta > 0.0f) || !(norm_eps > 0.0f) || !std::isfinite(rope_theta) ||
+      !std::isfinite(norm_eps)) {
+    throw Error(ErrorCode::kConfig, "config: rope_theta and norm_eps must be positive and finite");
   }
 }
 

@@ -131,6 +131,15 @@ class Model {
                                           std::to_string(rows) + ", " + std::to_string(cols) +
                                           "]");
     }
+    // A weight built in memory gets the checks a loader makes: a type with kernels, whole blocks.
+    if (!dtype_from_ggml(static_cast<std::uint32_t>(w.dtype)) ||
+        w.cols % info(w.dtype).block_size != 0) {
+      throw Error(ErrorCode::kFormat, "tensor " + name + " has type " +
+                                          std::to_string(static_cast<std::uint32_t>(w.dtype)) +
+                                          " (" + to_string(w.dtype) + ") with " +
+                                          std::to_string(w.cols) +
+                                          " columns, which kvlm cannot multiply");
+    }
     return w;
   }
 
@@ -186,14 +195,15 @@ inline std::string Model::summary() const {
   }
   char params[32];
   std::snprintf(params, sizeof params, "%.2f M", parameter_count() / 1e6);
+  char theta[32];
+  std::snprintf(theta, sizeof theta, "%g", static_cast<double>(c.rope_theta));
   char file_size[32];
   std::snprintf(file_size, sizeof file_size, "%.2f MiB", file_bytes_ / 1048576.0);
   return "format: " + (format_.empty() ? std::string("built in memory") : format_) +
          "\narchitecture: llama, " + std::to_string(c.n_layers) + " layers, dim " +
          std::to_string(c.dim) + ", hidden " + std::to_string(c.hidden_dim) + ", " +
          std::to_string(c.n_heads) + " heads / " + std::to_string(c.n_kv_heads) +
-         " KV heads of " + std::to_string(c.head_dim) + ", rope theta " +
-         std::to_string(static_cast<long long>(c.rope_theta)) +
+         " KV heads of " + std::to_string(c.head_dim) + ", rope theta " + theta +
          "\nparameters: " + params + (c.shared_classifier ? " (classifier shared)" : "") +
          "\nmatrices: " + type_counts + "; norms F32" +
          "\nfile: " + file_size +

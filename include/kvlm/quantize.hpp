@@ -6,6 +6,7 @@
 // float32 and the reference quantizers (kernels::scalar::from_float), whose bytes equal
 // llama.cpp's for F16, BF16, Q8_0 and Q4_0.
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -104,7 +105,8 @@ inline DType fallback_type(DType type, std::int64_t cols) {
 /// matrices stored as `recipe` says and its norms as F32; `vocab`, if given, becomes the file's
 /// tokenizer.ggml.* keys. `name` is general.name. Memory: the converted tensors are held until
 /// the file is written (about the output file's size).
-/// @throws Error(kIo) if the file cannot be written.
+/// @throws Error(kIo) if the file cannot be written, (kFormat) naming the tensor and row if a
+///         weight is not finite.
 inline QuantizeReport write_gguf(const ModelFile& file, const QuantizeRecipe& recipe,
                                  const TokenizerVocab* vocab, const std::string& path,
                                  const std::string& name = "llama") {
@@ -157,6 +159,13 @@ inline QuantizeReport write_gguf(const ModelFile& file, const QuantizeRecipe& re
     row.resize(static_cast<std::size_t>(w.cols));
     for (std::int64_t r = 0; r < w.rows; ++r) {
       kernels::scalar::to_float(w.dtype, w.row(r), row.data(), w.cols);
+      for (float v : row) {
+        if (!std::isfinite(v)) {  // the quantizers' scales would be NaN
+          throw Error(ErrorCode::kFormat, "tensor " + tensor_name + " row " + std::to_string(r) +
+                                              " holds a non-finite weight (" + std::to_string(v) +
+                                              "); it cannot be converted");
+        }
+      }
       kernels::scalar::from_float(to, row.data(), bytes.data() + r * row_bytes(to, w.cols), w.cols);
     }
     std::vector<std::uint64_t> ne = {static_cast<std::uint64_t>(w.cols)};

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -76,8 +77,9 @@ using PieceCallback = std::function<bool(std::string_view piece)>;
 
 class Session {
  public:
-  /// @throws Error(kInvalidArgument) if an option is out of range.
-  explicit Session(std::shared_ptr<const Model> model, const SessionOptions& options = {})
+  /// @throws Error(kInvalidArgument) if an option is out of range or the buffers cannot be
+  ///         allocated.
+  explicit Session(std::shared_ptr<const Model> model, const SessionOptions& options = {}) try
       : model_(checked(std::move(model), options)),
         config_(model_->config()),
         max_seq_len_(options.max_seq_len > 0 ? options.max_seq_len : config_.max_seq_len),
@@ -93,6 +95,11 @@ class Session {
         logits_({config_.vocab_size}) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
     detail::start_threads(n_threads_);
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "cannot allocate a session of " + std::to_string(options.max_seq_len) +
+                    " positions (its KV cache alone needs 2 * n_layers * max_seq_len * kv_dim "
+                    "floats); choose a smaller max_seq_len");
   }
 
   Session(Session&&) noexcept = default;

@@ -412,7 +412,7 @@ class Tokenizer {
  public:
   /// Loads a SentencePiece model file (e.g. tok512.model, Llama 2's tokenizer.model), or the
   /// vocabulary a GGUF file embeds (as from_vocab; told apart by the file's first bytes).
-  /// For a .model, add_bos() is true and add_eos() false, as llama.cpp assumes for such models.
+  /// For a .model, add_bos() is true (if it has a BOS) and add_eos() false, as llama.cpp assumes.
   /// @throws Error (kIo) if the file cannot be opened or read; (kTokenizer) if it is not a
   ///         SentencePiece model, or one whose decoding StreamingDecoder cannot reproduce
   ///         (e.g. it has denormalization rules). Messages name the path.
@@ -528,6 +528,7 @@ inline Tokenizer Tokenizer::load(const std::string& path) {
                                            "' is not a SentencePiece model: " + status.ToString());
   }
   Tokenizer tokenizer(std::move(processor), path);
+  tokenizer.add_bos_ = tokenizer.bos_ >= 0;  // as llama.cpp assumes, when there is a BOS
   detail::ProtoReader model(bytes);  // SentencePiece has just parsed it: it is well formed
   while (model.next()) {
     if (model.field() != detail::spm::kModelNormalizerSpec) continue;

@@ -18,6 +18,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -81,7 +82,7 @@ constexpr std::uint32_t kDefaultAlignment = 32;         // when general.alignmen
 constexpr std::uint32_t kMinAlignment = 8;              // the spec: a multiple of 8
 constexpr std::uint64_t kMaxStringBytes = 64ull << 20;  // any string value: 64 MiB
 constexpr std::uint64_t kMaxKeyBytes = 65535;           // the spec: keys < 2^16 bytes
-constexpr std::uint64_t kMaxTensorNameBytes = 64;       // ggml's GGML_MAX_NAME
+constexpr std::uint64_t kMaxTensorNameBytes = 63;       // ggml's GGML_MAX_NAME, less its NUL
 constexpr std::uint64_t kMaxArrayElements = 1ull << 31;
 constexpr std::uint64_t kMaxKeyValues = 1ull << 20;
 constexpr std::uint64_t kMaxTensors = 1ull << 20;
@@ -223,11 +224,15 @@ class GgufFile {
     return static_cast<std::int64_t>(v.u);
   }
 
-  /// float32, or float64 rounded to float.
+  /// float32, or float64 rounded to float (one beyond float's range is an Error(kFormat)).
   float get_float(const std::string& key) const {
     const Value& v = value(key, "float32");
     if (v.type != ValueType::kFloat32 && v.type != ValueType::kFloat64) {
       wrong_type(key, v, "float32");
+    }
+    if (std::isfinite(v.f) && std::abs(v.f) > std::numeric_limits<float>::max()) {
+      throw Error(ErrorCode::kFormat, path() + ": " + key + " = " + std::to_string(v.f) +
+                                          " does not fit a float32");
     }
     return static_cast<float>(v.f);
   }

@@ -124,7 +124,9 @@ class GgufWriter {
     auto bad = [&](const std::string& why) {
       throw Error(ErrorCode::kInvalidArgument, "GgufWriter: tensor " + name + ": " + why);
     };
-    if (name.size() > kMaxTensorNameBytes) bad("name longer than 64 bytes");
+    if (name.size() > kMaxTensorNameBytes) {
+      bad("name longer than " + std::to_string(kMaxTensorNameBytes) + " bytes");
+    }
     for (const Tensor& t : tensors_) {
       if (t.name == name) bad("added twice");
     }
