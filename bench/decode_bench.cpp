@@ -294,18 +294,20 @@ void register_type_benchmarks() {
       const std::string name = std::string(shape) + "-" + recipe.name;
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
-      // Loaded once, on first use, so a filtered run maps only the files it measures.
-      auto model = [path, cached = std::shared_ptr<const kvlm::Model>()]() mutable {
-        if (!cached) cached = kvlm::Model::load(path);
-        return cached;
+      // Loaded once, on first use by either benchmark, so a filtered run maps only the files
+      // it measures.
+      auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();
+      auto model = [path, cached] {
+        if (!*cached) *cached = kvlm::Model::load(path);
+        return *cached;
       };
       benchmark::RegisterBenchmark(("BM_TypeDecode/" + name).c_str(),
-                                   [model](benchmark::State& s) mutable {
+                                   [model](benchmark::State& s) {
                                      decode_against_roofline(s, model(), 128, 16);
                                    })
           ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
       benchmark::RegisterBenchmark(("BM_TypePrefill/" + name).c_str(),
-                                   [model](benchmark::State& s) mutable {
+                                   [model](benchmark::State& s) {
                                      prefill_against_peak(s, model(), 512);
                                    })
           ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);

@@ -1173,7 +1173,7 @@ TEST(KernelsDispatch, ActivePathIsSupportedAndTablesAreComplete) {
   for (Simd simd : supported_paths()) {
     for (DType t : kAllTypes) {
       const TypeKernels& k = kernels(t, simd);
-      // Measured: only Q4_0 decodes faster with 8-bit activations (kernels.hpp).
+      // Measured: of these, only Q4_0 decodes faster with 8-bit activations (kernels.hpp).
       EXPECT_EQ(k.decode_activation, t == DType::kQ4_0 ? DType::kQ8_0 : DType::kF32)
           << to_string(t);
       EXPECT_NE(k.gemv, nullptr);
@@ -1184,7 +1184,6 @@ TEST(KernelsDispatch, ActivePathIsSupportedAndTablesAreComplete) {
   for (Simd simd : supported_paths()) {
     for (DType t : kKTypes) {
       const TypeKernels& k = kernels(t, simd);
-      EXPECT_EQ(activation_type(t), DType::kQ8_K);
       // Measured: the integer gemv runs 3 to 4 times faster than the float one (kernels.hpp).
       EXPECT_EQ(k.decode_activation, DType::kQ8_K) << to_string(t);
       EXPECT_NE(k.gemv, nullptr);
@@ -1192,8 +1191,6 @@ TEST(KernelsDispatch, ActivePathIsSupportedAndTablesAreComplete) {
       EXPECT_NE(k.to_float, nullptr);
     }
   }
-  EXPECT_EQ(activation_type(DType::kQ4_0), DType::kQ8_0);
-  EXPECT_EQ(activation_type(DType::kF16), DType::kF32);
   EXPECT_THROW(kernels(DType::kQ8_K, Simd::kScalar), Error);  // not a weight type
   EXPECT_EQ(&kernels(DType::kQ4_0), &kernels(DType::kQ4_0, active_simd()));
   try {

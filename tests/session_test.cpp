@@ -428,6 +428,29 @@ TEST(Session, DecodeStepAllocatesNothing) {
   }
 }
 
+// The same for stored types whose decode quantizes the activations (Q4_0 to Q8_0 blocks, the
+// K-quants to Q8_K blocks) or dequantizes in registers (BF16): llama.cpp's Q4_K_M file mixes
+// Q4_K and Q6_K.
+TEST(Session, QuantizedDecodeStepAllocatesNothing) {
+  for (const char* file : {"tinygqa/tinygqa-Q4_0.gguf", "tinygqa/tinygqa-Q4_K_M.gguf",
+                           "tinygqa/tinygqa-BF16.gguf"}) {
+    KVLM_REQUIRE_MODEL(path, file);
+    const auto model = Model::load(path);
+    SessionOptions options;
+    options.n_threads = 2;
+    Session s(model, options);
+    s.prefill(std::vector<Token>{1, 2, 3, 4, 5, 6, 7, 8});
+    s.step(9);
+    std::size_t allocations = 0;
+    {
+      const test::AllocationCounter counter;
+      for (Token t = 10; t < 40; ++t) s.step(t);
+      allocations = counter.count();
+    }
+    EXPECT_EQ(allocations, 0u) << file;
+  }
+}
+
 TEST(SessionErrors, PromptLongerThanContextLeavesSessionUnchanged) {
   const auto model = test::random_model(test::small_gqa_config(), 5);
   SessionOptions options;

@@ -4,9 +4,8 @@
 // kernels/kernels.hpp calls these only on a CPU that has the features. Each kernel has a scalar
 // twin in kernels/scalar.hpp; row and block layouts are described there and in dtype.hpp.
 //
-// A gemv computes y[r] = row r · x for kRowStep rows at a time, so that each load of the
-// activation feeds kRowStep rows, with one accumulator per row; the rows left over go one by one.
-// On matrices too large to stay in cache, it prefetches the next group of rows while reading one,
+// A gemv reads the rows one after another (kRowStep = 1, one accumulator per row), one stream
+// the hardware prefetcher follows, and on a large matrix also prefetches the next rows into L2,
 // as kernels/avx512.hpp explains.
 
 #include <immintrin.h>
@@ -730,3 +729,5 @@ KVLM_TARGET_AVX2 inline void quantize_activation_k(const float* x, BlockQ8_K* ou
 }
 
 }  // namespace kvlm::kernels::avx2
+
+#undef KVLM_TARGET_AVX2  // the attribute belongs to these definitions, not to the host

@@ -804,3 +804,5 @@ KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+
+#undef KVLM_TARGET_AVX512  // the attribute belongs to these definitions, not to the host

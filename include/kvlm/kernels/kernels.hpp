@@ -107,7 +107,7 @@ struct TypeKernels {
   DType decode_activation;
   /// The integer-activation kernel. For Q8_0 and Q4_0 x is const BlockQ8_0* [cols / 32] from
   /// quantize_activation; for Q4_K, Q5_K and Q6_K it is const BlockQ8_K* [cols / 256] from
-  /// quantize_activation_k (activation_type says which); for the float types x is
+  /// quantize_activation_k; for the float types x is
   /// const float* [cols] and gemv is gemv_f32.
   void (*gemv)(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y);
   /// x is const float* [cols].
@@ -115,23 +115,6 @@ struct TypeKernels {
   /// Dequantizes one row: row: [n] of the type, out: [n] floats. Exact: d * q in float.
   void (*to_float)(const void* row, float* out, std::int64_t n);
 };
-
-/// The activation type gemv takes for weights of type t: kQ8_0 (Q8_0, Q4_0), kQ8_K (the K types)
-/// or kF32 (float types, whose gemv is gemv_f32).
-inline DType activation_type(DType t) {
-  switch (t) {
-    case DType::kQ8_0:
-    case DType::kQ4_0: return DType::kQ8_0;
-    case DType::kQ4_K:
-    case DType::kQ5_K:
-    case DType::kQ6_K: return DType::kQ8_K;
-    case DType::kF32:
-    case DType::kF16:
-    case DType::kBF16:
-    case DType::kQ8_K: return DType::kF32;
-  }
-  return DType::kF32;
-}
 
 namespace detail {
 
