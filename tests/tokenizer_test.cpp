@@ -4,6 +4,8 @@
 #include "kvlm/tokenizer.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -294,6 +296,19 @@ TEST(TokenizerTest, DirectoryThrowsIo) {
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->code(), ErrorCode::kIo);
   EXPECT_TRUE(contains(error->what(), path)) << error->what();
+}
+
+// A FIFO is refused at once, not waited on for a writer that never comes.
+TEST(TokenizerTest, FifoThrowsIoWithoutWaiting) {
+  const std::string path =
+      testing::TempDir() + "kvlm-tokenizer-" + std::to_string(::getpid()) + ".fifo";
+  ::unlink(path.c_str());
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  const std::optional<Error> error = error_from([&] { Tokenizer::load(path); });
+  ::unlink(path.c_str());
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), ErrorCode::kIo);
+  EXPECT_TRUE(contains(error->what(), path + ": cannot read (not a regular file)")) << error->what();
 }
 
 TEST(TokenizerTest, NotAModelThrowsTokenizer) {
