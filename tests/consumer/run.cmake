@@ -51,6 +51,7 @@ else()
 endif()
 
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
+run("${WORK_DIR}/build/simd_check")  # needs no model
 
 # Like the model tests (tests/models.hpp): without a models folder, a failure under CI and a skip
 # (ctest's SKIP_REGULAR_EXPRESSION) elsewhere.
