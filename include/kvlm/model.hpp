@@ -3,6 +3,8 @@
 // classifier) plus, optionally, its tokenizer. Immutable after loading, so one Model is shared as
 // std::shared_ptr<const Model> by any number of sessions on any threads.
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "kvlm/config.hpp"
+#include "kvlm/detail/hash.hpp"
 #include "kvlm/decoder_block.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/loaders/gguf.hpp"
@@ -67,6 +70,10 @@ class Model {
   const BlockWeights& block(int layer) const { return blocks_[layer]; }
   TensorView<const float> final_norm() const { return final_norm_; }     // [dim]
   const WeightView& classifier() const { return classifier_; }            // [vocab_size, dim]
+  /// Identifies the weights for session files: a hash of the configuration and, for every
+  /// matrix and norm, its type, shape and first and last 64 bytes. Two loads of one file agree;
+  /// a conversion need not (llama.cpp's GGUF of stories260K stores the tied classifier again).
+  std::uint64_t fingerprint() const { return fingerprint_; }
   /// Bytes of weight data a decode step reads: every matrix but the embedding table.
   std::size_t decode_weight_bytes() const { return decode_weight_bytes_; }
   /// Weights in all the matrices and norms (the classifier once when it is shared).
@@ -112,6 +119,7 @@ class Model {
                       ? token_embedding_
                       : matrix(file, "output.weight", config_.vocab_size, dim);
     decode_weight_bytes_ += classifier_.byte_size() + (2 * config_.n_layers + 1) * dim * sizeof(float);
+    fingerprint_ = compute_fingerprint();
     if (tokenizer_ && tokenizer_->vocab_size() != config_.vocab_size) {
       throw Error(ErrorCode::kTokenizer,
                   "tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
@@ -153,6 +161,44 @@ class Model {
     return TensorView<const float>(static_cast<const float*>(w.data), {size});
   }
 
+  std::uint64_t compute_fingerprint() const {
+    detail::Fnv1a h;
+    const ModelConfig& c = config_;
+    for (int v : {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+                  c.vocab_size, static_cast<int>(c.shared_classifier)}) {
+      h.add_value(v);
+    }
+    h.add_value(c.rope_theta);
+    h.add_value(c.norm_eps);
+    const auto add = [&h](DType dtype, std::int64_t rows, std::int64_t cols, const void* data,
+                          std::size_t bytes) {
+      h.add_value(static_cast<std::uint32_t>(dtype));
+      h.add_value(rows);
+      h.add_value(cols);
+      constexpr std::size_t kEdge = 64;  // bytes hashed at each end of the data
+      const auto* p = static_cast<const std::byte*>(data);
+      h.add(p, std::min(bytes, kEdge));
+      h.add(p + bytes - std::min(bytes, kEdge), std::min(bytes, kEdge));
+    };
+    const auto add_matrix = [&add](const WeightView& w) {
+      add(w.dtype, w.rows, w.cols, w.data, w.byte_size());
+    };
+    const auto add_vector = [&add](TensorView<const float> v) {
+      add(DType::kF32, 1, v.size(), v.data(), static_cast<std::size_t>(v.size()) * sizeof(float));
+    };
+    add_matrix(token_embedding_);
+    for (const BlockWeights& b : blocks_) {
+      add_vector(b.attn_norm);
+      add_vector(b.ffn_norm);
+      for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+        add_matrix(*w);
+      }
+    }
+    add_vector(final_norm_);
+    add_matrix(classifier_);
+    return h.value();
+  }
+
   ModelConfig config_;
   std::shared_ptr<const void> storage_;  // keeps every view below valid
   std::optional<Tokenizer> tokenizer_;
@@ -161,6 +207,7 @@ class Model {
   TensorView<const float> final_norm_;
   WeightView classifier_;
   std::size_t decode_weight_bytes_ = 0;
+  std::uint64_t fingerprint_ = 0;
   std::string format_;
   std::uint64_t file_bytes_ = 0;
 };

@@ -37,6 +37,22 @@ inline std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, std::string_v
   return a * b;
 }
 
+/// Appends value's bytes to out, little-endian whatever the host's order (ByteCursor reads them).
+template <typename T>
+void append_le(std::string& out, T value) {
+  static_assert(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>, "append_le writes numbers");
+  using Bits = std::conditional_t<
+      sizeof(T) == 1, std::uint8_t,
+      std::conditional_t<sizeof(T) == 2, std::uint16_t,
+                         std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>>;
+  static_assert(sizeof(Bits) == sizeof(T), "no unsigned integer of that size");
+  Bits bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  for (std::size_t i = 0; i < sizeof(T); ++i) {
+    out.push_back(static_cast<char>((bits >> (8 * i)) & 0xFF));
+  }
+}
+
 /// A read position in the bytes [data, data + size) of a file named `source`. Every read checks
 /// that the bytes are there first; on failure it throws Error(kFormat) naming the source, what was
 /// being read, the offset and how many bytes were needed and left. Offsets are from `data`.

@@ -62,8 +62,8 @@ class GgufWriter {
   /// Sets `key` to an array (same replacement rule as set()).
   void set_array(const std::string& key, const std::vector<std::string>& values) {
     std::string v;
-    put<std::uint32_t>(v, static_cast<std::uint32_t>(ValueType::kString));
-    put<std::uint64_t>(v, values.size());
+    detail::append_le<std::uint32_t>(v, static_cast<std::uint32_t>(ValueType::kString));
+    detail::append_le<std::uint64_t>(v, values.size());
     for (const std::string& s : values) put_string(v, s, key);
     store(key, ValueType::kArray, std::move(v));
   }
@@ -198,43 +198,29 @@ class GgufWriter {
     std::uint64_t bytes;
   };
 
-  template <typename T>
-  static void put(std::string& out, T value) {
-    static_assert(std::is_arithmetic_v<T>, "put writes numbers");
-    using Bits = std::conditional_t<
-        sizeof(T) == 1, std::uint8_t,
-        std::conditional_t<sizeof(T) == 2, std::uint16_t,
-                           std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>>;
-    Bits bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    for (std::size_t i = 0; i < sizeof(T); ++i) {
-      out.push_back(static_cast<char>((bits >> (8 * i)) & 0xFF));
-    }
-  }
-
   static void put_string(std::string& out, const std::string& s, const std::string& key) {
     if (s.size() > kMaxStringBytes) {
       throw Error(ErrorCode::kInvalidArgument, "GgufWriter: a string of key " + key + " is " +
                                                    std::to_string(s.size()) +
                                                    " bytes, more than the limit");
     }
-    put<std::uint64_t>(out, s.size());
+    detail::append_le<std::uint64_t>(out, s.size());
     out += s;
   }
 
   template <typename T>
   void scalar(const std::string& key, ValueType type, T value) {
     std::string v;
-    put<T>(v, value);
+    detail::append_le<T>(v, value);
     store(key, type, std::move(v));
   }
 
   template <typename T>
   void array(const std::string& key, ValueType element, const std::vector<T>& values) {
     std::string v;
-    put<std::uint32_t>(v, static_cast<std::uint32_t>(element));
-    put<std::uint64_t>(v, values.size());
-    for (const T& x : values) put<T>(v, x);
+    detail::append_le<std::uint32_t>(v, static_cast<std::uint32_t>(element));
+    detail::append_le<std::uint64_t>(v, values.size());
+    for (const T& x : values) detail::append_le<T>(v, x);
     store(key, ValueType::kArray, std::move(v));
   }
 
@@ -252,7 +238,7 @@ class GgufWriter {
           "GgufWriter: general.alignment must be a uint32, not " + std::string(to_string(type)));
     }
     std::string value;
-    put<std::uint32_t>(value, static_cast<std::uint32_t>(type));
+    detail::append_le<std::uint32_t>(value, static_cast<std::uint32_t>(type));
     value += bytes;
     for (Entry& e : entries_) {
       if (e.key == key) {
@@ -268,10 +254,10 @@ class GgufWriter {
   template <typename Sink>
   void emit(Sink&& sink) const {
     std::string head;
-    put<std::uint32_t>(head, kMagic);
-    put<std::uint32_t>(head, kVersion);
-    put<std::uint64_t>(head, tensors_.size());
-    put<std::uint64_t>(head, entries_.size());
+    detail::append_le<std::uint32_t>(head, kMagic);
+    detail::append_le<std::uint32_t>(head, kVersion);
+    detail::append_le<std::uint64_t>(head, tensors_.size());
+    detail::append_le<std::uint64_t>(head, entries_.size());
     for (const Entry& e : entries_) {
       put_string(head, e.key, e.key);
       head += e.value;
@@ -279,10 +265,10 @@ class GgufWriter {
     std::uint64_t offset = 0;  // relative to the data section
     for (const Tensor& t : tensors_) {
       put_string(head, t.name, t.name);
-      put<std::uint32_t>(head, static_cast<std::uint32_t>(t.ne.size()));
-      for (std::uint64_t n : t.ne) put<std::uint64_t>(head, n);
-      put<std::uint32_t>(head, static_cast<std::uint32_t>(t.dtype));
-      put<std::uint64_t>(head, offset);
+      detail::append_le<std::uint32_t>(head, static_cast<std::uint32_t>(t.ne.size()));
+      for (std::uint64_t n : t.ne) detail::append_le<std::uint64_t>(head, n);
+      detail::append_le<std::uint32_t>(head, static_cast<std::uint32_t>(t.dtype));
+      detail::append_le<std::uint64_t>(head, offset);
       offset = round_up(offset + t.bytes, alignment_);
     }
     head.resize(static_cast<std::size_t>(round_up(head.size(), alignment_)), '\0');
