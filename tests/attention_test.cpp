@@ -1,5 +1,6 @@
 // attention(): against a plain-loop causal attention in double for MHA, GQA and MQA, decode steps
-// and batches, one and two threads; and, on a whole model, the identity "GQA equals MHA with each
+// and batches, one and two threads, caches of every type (the reference reads the values the
+// cache stores, dequantized); and, on a whole model, the identity "GQA equals MHA with each
 // K/V head repeated group times".
 
 #include "kvlm/attention.hpp"
@@ -15,6 +16,7 @@
 #include <random>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kvlm/session.hpp"
@@ -36,7 +38,7 @@ constexpr float kGqaMhaLogitTolerance = 1e-5f;
 
 struct HeadLayout {
   const char* name;
-  int n_heads, n_kv_heads;
+  int n_heads, n_kv_heads, head_dim;
 };
 
 struct Call {
@@ -44,14 +46,16 @@ struct Call {
 };
 
 void PrintTo(const HeadLayout& l, std::ostream* os) {
-  *os << l.name << " (" << l.n_heads << " heads, " << l.n_kv_heads << " KV heads)";
+  *os << l.name << " (" << l.n_heads << " heads, " << l.n_kv_heads << " KV heads of "
+      << l.head_dim << ")";
 }
 void PrintTo(const Call& c, std::ostream* os) {
   *os << c.n_tokens << " tokens at start_pos " << c.start_pos;
 }
 
-constexpr int kHeadDim = 64;
-const HeadLayout kLayouts[] = {{"Mha", 8, 8}, {"Gqa", 8, 2}, {"Mqa", 8, 1}};
+// SmallHeads: heads of 8 values, so a Q8_0 cache converts whole rows of 32 (4 heads) at a time.
+const HeadLayout kLayouts[] = {
+    {"Mha", 8, 8, 64}, {"Gqa", 8, 2, 64}, {"Mqa", 8, 1, 64}, {"SmallHeads", 8, 4, 8}};
 // A decode step, a batch, and a decode step late enough that 8 heads * 301 positions * 64 * 2
 // multiply-adds exceed kMinParallelWork, so two threads really split the heads.
 const Call kCalls[] = {{1, 37}, {12, 5}, {1, 300}};
@@ -65,35 +69,41 @@ std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
 }
 
 class AttentionVsPlainLoop
-    : public ::testing::TestWithParam<std::tuple<HeadLayout, Call, int>> {};
+    : public ::testing::TestWithParam<std::tuple<HeadLayout, Call, int, DType>> {};
 
 TEST_P(AttentionVsPlainLoop, Matches) {
-  const auto [layout, call, n_threads] = GetParam();
-  const AttentionShape shape{layout.n_heads, layout.n_kv_heads, kHeadDim};
+  const auto [layout, call, n_threads, cache_type] = GetParam();
+  const int head_dim = layout.head_dim;
+  const AttentionShape shape{layout.n_heads, layout.n_kv_heads, head_dim};
   const int n_tokens = call.n_tokens, start_pos = call.start_pos;
   const int n_ctx = start_pos + n_tokens;
-  const int q_dim = shape.n_heads * kHeadDim, kv_dim = shape.n_kv_heads * kHeadDim;
+  const int q_dim = shape.n_heads * head_dim, kv_dim = shape.n_kv_heads * head_dim;
   const int cache_rows = n_ctx + 3;  // the cache is longer than what is visible
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
   const std::vector<float> q = random_floats(static_cast<std::size_t>(n_tokens) * q_dim, 1);
   std::vector<float> keys = random_floats(static_cast<std::size_t>(cache_rows) * kv_dim, 2);
   std::vector<float> values = random_floats(static_cast<std::size_t>(cache_rows) * kv_dim, 3);
-  // Rows past the last visible position must never be read.
-  std::fill(keys.begin() + std::int64_t{n_ctx} * kv_dim, keys.end(), nan);
-  std::fill(values.begin() + std::int64_t{n_ctx} * kv_dim, values.end(), nan);
-  Tensor<float> scores({n_threads, std::max(n_tokens, shape.group()), n_ctx});
-  std::fill(scores.data(), scores.data() + scores.size(), nan);  // scratch: any garbage
+  // The cache stores them as cache_type; the reference reads what it stores.
+  KVCache cache({1, cache_rows, shape.n_kv_heads, head_dim, cache_type});
+  for (auto [rows, floats] : {std::pair{cache.keys(0), &keys}, std::pair{cache.values(0), &values}}) {
+    rows.store(0, TensorView<const float>(floats->data(), {n_ctx, kv_dim}));
+    for (int t = 0; t < n_ctx; ++t) {
+      kernels::scalar::to_float(cache_type, rows.row(t), floats->data() + std::int64_t{t} * kv_dim, kv_dim);
+    }
+    // Rows past the last visible position must never be read: all bits set is NaN in every type.
+    std::fill(rows.row(n_ctx), rows.row(cache_rows), std::byte{0xFF});
+  }
+  AttentionScratch scratch(n_threads, std::max(n_tokens, shape.group()), n_ctx, kv_dim, cache_type);
+  std::fill(scratch.scores().data(), scratch.scores().data() + scratch.scores().size(), nan);
   Tensor<float> out({n_tokens, q_dim});
   std::fill(out.data(), out.data() + out.size(), nan);  // every element must be written
 
-  attention(TensorView<const float>(q.data(), {n_tokens, q_dim}),
-            TensorView<const float>(keys.data(), {cache_rows, kv_dim}),
-            TensorView<const float>(values.data(), {cache_rows, kv_dim}), shape, start_pos,
-            scores.view(), out.view(), n_threads);
+  attention(TensorView<const float>(q.data(), {n_tokens, q_dim}), cache.keys(0), cache.values(0),
+            shape, start_pos, scratch, out.view(), n_threads);
 
   const int group = shape.n_heads / shape.n_kv_heads;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(kHeadDim));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   for (int i = 0; i < n_tokens; ++i) {
     const int last = start_pos + i;  // the causal bound: positions t <= start_pos + i
     for (int h = 0; h < shape.n_heads; ++h) {
@@ -102,20 +112,20 @@ TEST_P(AttentionVsPlainLoop, Matches) {
       double max_s = -1e300;
       for (int t = 0; t <= last; ++t) {
         double dot = 0.0;
-        for (int d = 0; d < kHeadDim; ++d) {
-          dot += double{q[i * q_dim + h * kHeadDim + d]} * keys[t * kv_dim + kv_h * kHeadDim + d];
+        for (int d = 0; d < head_dim; ++d) {
+          dot += double{q[i * q_dim + h * head_dim + d]} * keys[t * kv_dim + kv_h * head_dim + d];
         }
         s[t] = dot * scale;
         max_s = std::max(max_s, s[t]);
       }
       double sum = 0.0;
       for (double& v : s) sum += (v = std::exp(v - max_s));
-      for (int d = 0; d < kHeadDim; ++d) {
+      for (int d = 0; d < head_dim; ++d) {
         double expected = 0.0;
         for (int t = 0; t <= last; ++t) {
-          expected += s[t] / sum * values[t * kv_dim + kv_h * kHeadDim + d];
+          expected += s[t] / sum * values[t * kv_dim + kv_h * head_dim + d];
         }
-        ASSERT_NEAR(out.view().row(i)[h * kHeadDim + d], expected, kAttentionTolerance)
+        ASSERT_NEAR(out.view().row(i)[h * head_dim + d], expected, kAttentionTolerance)
             << "token " << i << " (position " << last << ") head " << h << " dim " << d;
       }
     }
@@ -126,12 +136,14 @@ TEST_P(AttentionVsPlainLoop, Matches) {
 INSTANTIATE_TEST_SUITE_P(
     AttentionShapes, AttentionVsPlainLoop,
     ::testing::Combine(::testing::ValuesIn(kLayouts), ::testing::ValuesIn(kCalls),
-                       ::testing::Values(1, 2)),
+                       ::testing::Values(1, 2),
+                       ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0)),
     [](const ::testing::TestParamInfo<AttentionVsPlainLoop::ParamType>& info) {
       const HeadLayout& layout = std::get<0>(info.param);
       const Call& call = std::get<1>(info.param);
       return std::string(layout.name) + "_tokens" + std::to_string(call.n_tokens) + "_at" +
-             std::to_string(call.start_pos) + "_threads" + std::to_string(std::get<2>(info.param));
+             std::to_string(call.start_pos) + "_threads" + std::to_string(std::get<2>(info.param)) +
+             "_" + to_string(std::get<3>(info.param));
     });
 
 // --- GQA == MHA with repeated K/V heads, on a whole model ---------------------------------------

@@ -233,7 +233,7 @@ TEST(SessionSampling, SameTokensOnOneAndTwoThreadsWhereWorkIsSplit) {
 }
 
 TEST(StopStrings, HoldsBackOnlyWhatMayStartAStop) {
-  detail::StopStrings stops({"<end>", "\n\n"});
+  StopStrings stops({"<end>", "\n\n"});
   std::string out;
   EXPECT_FALSE(stops.feed("Hello <e", out));
   EXPECT_EQ(out, "Hello ");  // "<e" may begin "<end>"
@@ -241,7 +241,7 @@ TEST(StopStrings, HoldsBackOnlyWhatMayStartAStop) {
   EXPECT_EQ(out, "Hello <exit>");  // "<exit>" is not a stop; "\n" may begin "\n\n"
   EXPECT_TRUE(stops.feed("\nrest", out));
   EXPECT_EQ(out, "Hello <exit>");
-  detail::StopStrings none({"abc"});
+  StopStrings none({"abc"});
   std::string all;
   EXPECT_FALSE(none.feed("xxab", all));
   EXPECT_EQ(all, "xx");

@@ -14,6 +14,8 @@ enum class ErrorCode {
   kInvalidArgument,  // an argument a caller passed is out of its allowed range
   kContextFull,   // the tokens do not fit in the room left in the session's context
   kTokenizer,     // the tokenizer could not be loaded or failed on its input
+  kOutOfMemory,   // a session's buffers exceed the host's budget or cannot be allocated
+  kCancelled,     // the host's cancel callback asked a call to stop
 };
 
 inline const char* to_string(ErrorCode code) {
@@ -24,6 +26,8 @@ inline const char* to_string(ErrorCode code) {
     case ErrorCode::kInvalidArgument: return "invalid argument";
     case ErrorCode::kContextFull: return "context full";
     case ErrorCode::kTokenizer: return "tokenizer";
+    case ErrorCode::kOutOfMemory: return "out of memory";
+    case ErrorCode::kCancelled: return "cancelled";
   }
   return "unknown";
 }

@@ -22,6 +22,7 @@
 #include "kvlm/sampler.hpp"
 #include "kvlm/session.hpp"
 #include "kvlm/span.hpp"
+#include "kvlm/stop_strings.hpp"
 #include "kvlm/tensor.hpp"
 #include "kvlm/tokenizer.hpp"
 #include "kvlm/version.hpp"

@@ -45,6 +45,9 @@ class MatmulScratch {
         tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
 
   std::int64_t max_in() const { return max_in_; }
+  std::size_t byte_size() const {
+    return quantized_.byte_size() + quantized_k_.byte_size() + tiles_.byte_size();
+  }
   // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
   // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.

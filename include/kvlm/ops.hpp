@@ -45,6 +45,7 @@ class RopeTable {
   }
 
   int max_seq_len() const { return static_cast<int>(table_.view().dim(0)); }
+  std::size_t byte_size() const { return table_.byte_size(); }
   // [head_dim / 2, 2]: (cos, sin) of each pair at position pos.
   const float* at(int pos) const { return table_.view().row(pos * table_.view().dim(1)); }
 
@@ -52,17 +53,22 @@ class RopeTable {
   Tensor<float> table_;  // [max_seq_len, head_dim / 2, 2]
 };
 
-/// Rotates x in place with the interleaved-pair layout of llama2.c and GGUF Llama files: the pairs
-/// are (2i, 2i + 1) within each head. x: [n_tokens, n_heads * head_dim], token j at start_pos + j.
-inline void rope(TensorView<float> x, int head_dim, int start_pos, const RopeTable& table) {
-  KVLM_ASSERT(start_pos + x.rows() <= table.max_seq_len());
+namespace detail {
+
+// Turns each head's pairs (2i, 2i + 1) of row j by the angles at position positions[j], forward
+// (sign = 1) or back (sign = -1).
+template <typename PositionOf>
+void rotate_pairs(TensorView<float> x, int head_dim, const RopeTable& table, float sign,
+                  PositionOf position_of) {
   const std::int64_t n_heads = x.cols() / head_dim;
   for (std::int64_t j = 0; j < x.rows(); ++j) {
-    const float* cs = table.at(static_cast<int>(start_pos + j));
+    const int pos = position_of(j);
+    KVLM_ASSERT(pos >= 0 && pos < table.max_seq_len());
+    const float* cs = table.at(pos);
     for (std::int64_t h = 0; h < n_heads; ++h) {
       float* v = x.row(j) + h * head_dim;
       for (int i = 0; i < head_dim / 2; ++i) {
-        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const float c = cs[2 * i], s = sign * cs[2 * i + 1];
         const float v0 = v[2 * i], v1 = v[2 * i + 1];
         v[2 * i] = v0 * c - v1 * s;
         v[2 * i + 1] = v0 * s + v1 * c;
@@ -71,11 +77,35 @@ inline void rope(TensorView<float> x, int head_dim, int start_pos, const RopeTab
   }
 }
 
+}  // namespace detail
+
+/// Rotates x in place with the interleaved-pair layout of llama2.c and GGUF Llama files: the pairs
+/// are (2i, 2i + 1) within each head. x: [n_tokens, n_heads * head_dim], token j at start_pos + j.
+inline void rope(TensorView<float> x, int head_dim, int start_pos, const RopeTable& table) {
+  detail::rotate_pairs(x, head_dim, table, 1.0f,
+                       [start_pos](std::int64_t j) { return start_pos + static_cast<int>(j); });
+}
+
+/// Turns every row of x back by `positions` positions: rotations compose, so a key rotated for
+/// position p becomes the key for position p - positions (a context shift). x as for rope().
+inline void rope_back(TensorView<float> x, int head_dim, int positions, const RopeTable& table) {
+  detail::rotate_pairs(x, head_dim, table, -1.0f, [positions](std::int64_t) { return positions; });
+}
+
 /// Numerically stable softmax of x[0, n) in place.
 inline void softmax(float* x, std::int64_t n) {
   Eigen::Map<Eigen::ArrayXf> a(x, n);
   a = (a - a.maxCoeff()).exp();
   a /= a.sum();
+}
+
+/// log(sum(exp(x[i]))) over x[0, n), in double around the largest element, so nothing
+/// overflows: log-softmax of element i is x[i] - log_sum_exp(x, n).
+inline double log_sum_exp(const float* x, std::int64_t n) {
+  const double max = *std::max_element(x, x + n);
+  double sum = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  return max + std::log(sum);
 }
 
 /// SwiGLU's gate (Shazeer 2020): gate = silu(gate) * up, silu(g) = g / (1 + e^-g).

@@ -11,6 +11,7 @@
 #include "kvlm/config.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/model.hpp"
+#include "kvlm/ops.hpp"
 #include "kvlm/session.hpp"
 #include "kvlm/span.hpp"
 #include "kvlm/tensor.hpp"
@@ -68,12 +69,9 @@ inline PerplexityResult perplexity(std::shared_ptr<const Model> model, Span<cons
     session.evaluate(chunk, rows);
     if (on_chunk_logits) on_chunk_logits(result.chunks, rows);
     for (std::size_t i = 1; i < chunk.size(); ++i) {
-      // -log softmax(row i - 1)[chunk[i]], in double: log-sum-exp around the row's maximum
+      // -log softmax(row i - 1)[chunk[i]]
       const float* row = rows.row(static_cast<std::int64_t>(i - 1));
-      const double max = *std::max_element(row, row + vocab);
-      double sum = 0.0;
-      for (int v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
-      total_nll += max + std::log(sum) - row[chunk[i]];
+      total_nll += log_sum_exp(row, vocab) - row[chunk[i]];
     }
     result.scored_tokens += static_cast<int>(chunk.size()) - 1;
     ++result.chunks;

@@ -83,6 +83,8 @@ class SplitMix64 {
   // The top 24 bits as a float in [0, 1): each of the 2^24 values is exact and 1 is never reached.
   float next_unit_float() { return static_cast<float>(next() >> 40) * 0x1.0p-24f; }
 
+  std::uint64_t state() const { return state_; }
+
  private:
   std::uint64_t state_;
 };
@@ -139,6 +141,26 @@ class Sampler {
 
   /// Restarts the random sequence, as if constructed with options.seed = seed.
   void reseed(std::uint64_t seed) { rng_ = detail::SplitMix64(seed); }
+
+  /// Replaces the options but not the generator, which goes on where it is (options.seed is
+  /// not used: reseed() restarts the sequence).
+  /// @throws Error (kInvalidArgument) if options.validate() does; nothing changes then.
+  void set_options(const SamplerOptions& options) {
+    options.validate();
+    options_ = options;
+  }
+
+  /// The bytes of the buffers a sampler for vocab_size tokens allocates (byte_size()).
+  static std::size_t bytes_needed(int vocab_size) {
+    return static_cast<std::size_t>(vocab_size) * (sizeof(Candidate) + sizeof(unsigned char));
+  }
+  std::size_t byte_size() const {
+    return candidates_.capacity() * sizeof(Candidate) + penalised_.capacity();
+  }
+
+  /// The generator's state: set_state(state()) on another sampler continues the same draws.
+  std::uint64_t state() const { return rng_.state(); }
+  void set_state(std::uint64_t state) { rng_ = detail::SplitMix64(state); }
 
  private:
   struct Candidate {

@@ -435,9 +435,11 @@ class Tokenizer {
   ///         for load()).
   static Tokenizer from_vocab(const TokenizerVocab& vocab, const std::string& source);
 
-  /// The ids of `text`, after BOS if `add_bos`. No EOS is added.
-  /// @throws Error (kTokenizer) if SentencePiece fails, or `add_bos` and the model has no BOS.
-  std::vector<Token> encode(std::string_view text, bool add_bos) const;
+  /// The ids of `text`, after BOS if `add_bos` and followed by EOS if `add_eos`. Text that spells
+  /// a control piece ("<s>") is encoded as text, never as that token.
+  /// @throws Error (kTokenizer) if SentencePiece fails, or BOS/EOS is asked for and the model
+  ///         has none.
+  std::vector<Token> encode(std::string_view text, bool add_bos, bool add_eos = false) const;
 
   /// The text of `tokens`, exactly as SentencePiece decodes it.
   /// @throws Error (kInvalidArgument) naming the first id outside [0, vocab_size);
@@ -451,6 +453,17 @@ class Tokenizer {
   bool add_bos() const { return add_bos_; }
   /// Whether a prompt should end with eos() (tokenizer.ggml.add_eos_token; false for a .model).
   bool add_eos() const { return add_eos_; }
+
+  /// The piece of token `id` as the vocabulary spells it ("\u2581Once", "<0x0A>", "</s>").
+  /// @throws Error (kInvalidArgument) if id is outside [0, vocab_size).
+  const std::string& piece(Token id) const;
+  /// The token whose piece is exactly `piece`, or -1 if there is none.
+  Token id(std::string_view piece) const;
+  /// Control tokens (BOS, EOS, chat markers) have no text of their own.
+  /// @throws Error (kInvalidArgument) if id is outside [0, vocab_size), as is_byte().
+  bool is_control(Token id) const;
+  /// Byte-fallback tokens (<0xNN>) stand for one byte of UTF-8.
+  bool is_byte(Token id) const;
 
   /// The vocabulary as a GGUF file embeds it (what quantize writes beside the weights). For a
   /// .model file the piece types are SentencePiece's (0.1.97 cannot report user-defined pieces:
@@ -633,7 +646,28 @@ inline Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcesso
   if (lone_space >= 0) drops_spaces_until_text_ = decode_ids({lone_space, lone_space}).empty();
 }
 
-inline std::vector<Token> Tokenizer::encode(std::string_view text, bool add_bos) const {
+inline const std::string& Tokenizer::piece(Token id) const {
+  if (!in_vocab(id)) throw_not_in_vocab(id, "");
+  return processor_->IdToPiece(id);
+}
+
+inline Token Tokenizer::id(std::string_view piece) const {
+  const int found = processor_->PieceToId(piece);  // the unknown piece's id when absent
+  return in_vocab(found) && processor_->IdToPiece(found) == piece ? found : -1;
+}
+
+inline bool Tokenizer::is_control(Token id) const {
+  if (!in_vocab(id)) throw_not_in_vocab(id, "");
+  return processor_->IsControl(id);
+}
+
+inline bool Tokenizer::is_byte(Token id) const {
+  if (!in_vocab(id)) throw_not_in_vocab(id, "");
+  return processor_->IsByte(id);
+}
+
+inline std::vector<Token> Tokenizer::encode(std::string_view text, bool add_bos,
+                                            bool add_eos) const {
   std::vector<Token> ids;
   const sentencepiece::util::Status status = processor_->Encode(text, &ids);
   if (!status.ok()) {
@@ -642,6 +676,10 @@ inline std::vector<Token> Tokenizer::encode(std::string_view text, bool add_bos)
   if (add_bos) {
     if (bos() < 0) throw Error(ErrorCode::kTokenizer, "tokenizer: the model has no BOS token");
     ids.insert(ids.begin(), bos());
+  }
+  if (add_eos) {
+    if (eos() < 0) throw Error(ErrorCode::kTokenizer, "tokenizer: the model has no EOS token");
+    ids.push_back(eos());
   }
   return ids;
 }

@@ -24,6 +24,10 @@ namespace kvlm::detail {
 // so that running small work outside a region cannot start Eigen's own threads.
 constexpr std::int64_t kMinParallelWork = std::int64_t{1} << 16;
 
+// Most threads a session may ask for: far beyond any CPU kvlm runs on, and small enough that
+// per-thread scratch cannot overflow a size.
+constexpr int kMaxThreads = 1024;
+
 // Cores of the machine: the thread count when the host does not choose one.
 inline int hardware_threads() {
 #ifdef _OPENMP

@@ -1,18 +1,26 @@
 #pragma once
 // StopStrings: cuts a stream of text at the first occurrence of any stop string. Text that might
 // still turn out to be the start of a stop string is held back until it is decided, so no part
-// of a stop string is ever emitted.
+// of a stop string is ever emitted. Session::generate() uses it; hosts that write their own
+// loop over step() can use it the same way.
 
 #include <algorithm>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace kvlm::detail {
+#include "kvlm/error.hpp"
+
+namespace kvlm {
 
 class StopStrings {
  public:
-  explicit StopStrings(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  /// @throws Error (kInvalidArgument) if a stop string is empty.
+  explicit StopStrings(std::vector<std::string> stops) : stops_(std::move(stops)) {
+    for (const std::string& s : stops_) {
+      if (s.empty()) throw Error(ErrorCode::kInvalidArgument, "a stop string is empty");
+    }
+  }
 
   /// Appends text; moves to `out` all pending text that cannot start a stop string. Returns true
   /// when a stop string is complete: `out` then ends just before it, and the rest is dropped.
@@ -37,6 +45,9 @@ class StopStrings {
     pending_.clear();
   }
 
+  /// Bytes held back: the longest tail of the text that is the start of a stop string.
+  std::size_t held_back() const { return pending_.size(); }
+
  private:
   std::size_t longest_suffix_starting_a_stop() const {
     std::size_t best = 0;
@@ -56,4 +67,4 @@ class StopStrings {
   std::string pending_;
 };
 
-}  // namespace kvlm::detail
+}  // namespace kvlm
