@@ -10,6 +10,9 @@
 //       measured between its own timed iterations.
 //   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
 //   BM_Prefill/512  a 512-token prompt on that shape, as a fraction of the peak.
+//   BM_SessionReprefill/512, BM_SessionFork/512, BM_SessionLoad/512  three ways to get a session
+//       holding a 512-token prompt on that shape.
+//   BM_KvTypeDecode/<type>  decode steps at position 2048 with each KV cache type.
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
@@ -23,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -99,7 +103,7 @@ void BM_AttentionStep(benchmark::State& state) {
   const int n_threads = kvlm::detail::hardware_threads();
   kvlm::Tensor<float> q({1, shape.n_heads * shape.head_dim});
   kvlm::Tensor<float> keys({n_ctx, kv_dim}), values({n_ctx, kv_dim});
-  kvlm::Tensor<float> scores({n_threads, shape.group(), n_ctx});
+  kvlm::AttentionScratch scratch(n_threads, shape.group(), n_ctx, kv_dim, kvlm::DType::kF32);
   kvlm::Tensor<float> out({1, shape.n_heads * shape.head_dim});
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -107,8 +111,8 @@ void BM_AttentionStep(benchmark::State& state) {
     std::generate(t->data(), t->data() + t->size(), [&] { return uniform(rng); });
   }
   for (auto _ : state) {
-    kvlm::attention(q.view(), keys.view(), values.view(), shape, start_pos, scores.view(),
-                    out.view(), n_threads);
+    kvlm::attention(q.view(), kvlm::KVRows(keys.view()), kvlm::KVRows(values.view()), shape,
+                    start_pos, scratch, out.view(), n_threads);
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations());
@@ -281,6 +285,91 @@ void BM_Prefill(benchmark::State& state) {
   prefill_against_peak(state, stories110m(), static_cast<int>(state.range(0)));
 }
 BENCHMARK(BM_Prefill)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// --- Sessions: what restoring a conversation costs, and narrower caches ----------------------
+
+// A session holding a prompt of n tokens on the stories110M shape, three ways: prefilling the
+// prompt again (BM_SessionReprefill), fork() of a session that holds it (BM_SessionFork) and
+// load() of a saved one from memory (BM_SessionLoad). Items are the prompt's tokens.
+kvlm::SessionOptions restore_options(int n_tokens) {
+  kvlm::SessionOptions o;
+  o.max_seq_len = n_tokens + 64;
+  return o;
+}
+
+void BM_SessionReprefill(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  kvlm::Session session(stories110m(), restore_options(n));
+  const std::vector<kvlm::Token> prompt = prompt_of(n, session.model().config().vocab_size);
+  for (auto _ : state) {
+    session.reset();
+    benchmark::DoNotOptimize(session.prefill(prompt).data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  add_context(state, session.n_threads());
+}
+BENCHMARK(BM_SessionReprefill)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_SessionFork(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  kvlm::Session session(stories110m(), restore_options(n));
+  session.prefill(prompt_of(n, session.model().config().vocab_size));
+  for (auto _ : state) {
+    kvlm::Session copy = session.fork();
+    benchmark::DoNotOptimize(copy.position());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.counters["session_MB"] = static_cast<double>(session.memory_bytes()) / 1e6;
+  add_context(state, session.n_threads());
+}
+BENCHMARK(BM_SessionFork)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_SessionLoad(benchmark::State& state) {
+  const int n = static_cast<int>(state.range(0));
+  kvlm::Session session(stories110m(), restore_options(n));
+  session.prefill(prompt_of(n, session.model().config().vocab_size));
+  std::ostringstream saved;
+  session.save(saved);
+  const std::string bytes = saved.str();
+  kvlm::Session target(stories110m(), restore_options(n));
+  for (auto _ : state) {
+    std::istringstream in(bytes);
+    target.load(in);
+    benchmark::DoNotOptimize(target.position());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.counters["file_MB"] = static_cast<double>(bytes.size()) / 1e6;
+  add_context(state, session.n_threads());
+}
+BENCHMARK(BM_SessionLoad)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Decode steps at position 2048 on the stories110M shape with each cache type
+// (BM_KvTypeDecode/<ggml type id>): the cache read per step is 2 * 12 layers * 2048 rows of 768
+// values, 151 MB in F32 against 440 MB of weights.
+void BM_KvTypeDecode(benchmark::State& state) {
+  constexpr int kPosition = 2048, kSteps = 8;
+  kvlm::SessionOptions o;
+  o.max_seq_len = kPosition + kSteps;
+  o.kv_type = static_cast<kvlm::DType>(state.range(0));
+  kvlm::Session session(stories110m(), o);
+  session.prefill(prompt_of(kPosition, session.model().config().vocab_size));
+  for (auto _ : state) {
+    kvlm::Span<const float> logits = session.step(1);
+    for (int i = 1; i < kSteps; ++i) logits = session.step(argmax(logits));
+    benchmark::DoNotOptimize(logits.data());
+    state.PauseTiming();
+    session.rewind(kSteps);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * kSteps);
+  state.SetLabel(kvlm::to_string(o.kv_type));
+  state.counters["kv_cache_MB"] = static_cast<double>(session.kv_cache_bytes()) / 1e6;
+  state.counters["threads"] = session.n_threads();
+}
+BENCHMARK(BM_KvTypeDecode)
+    ->Arg(static_cast<int>(kvlm::DType::kF32))->Arg(static_cast<int>(kvlm::DType::kF16))
+    ->Arg(static_cast<int>(kvlm::DType::kBF16))->Arg(static_cast<int>(kvlm::DType::kQ8_0))
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
 // <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M) (scripts/bench-types writes them with random_gguf), each as

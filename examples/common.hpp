@@ -2,6 +2,7 @@
 // What the example programs share: strict command-line parsing and finding a model's tokenizer.
 // Every problem becomes a kvlm::Error (or UsageError) that run_main prints as one line.
 
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "kvlm/detail/read_file.hpp"
+#include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/loaders/model_file.hpp"
 
@@ -65,6 +67,16 @@ inline float parse_float(const std::string& flag, const std::string& text, float
     throw UsageError(flag + " expects a number in " + range.str() + ", got '" + text + "'");
   }
   return v;
+}
+
+// A KV cache type by name (F32, F16, BF16, Q8_0; any case).
+inline kvlm::DType parse_kv_type(const std::string& flag, const std::string& text) {
+  std::string upper = text;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (kvlm::DType t : {kvlm::DType::kF32, kvlm::DType::kF16, kvlm::DType::kBF16, kvlm::DType::kQ8_0}) {
+    if (upper == kvlm::to_string(t)) return t;
+  }
+  throw UsageError(flag + " expects F32, F16, BF16 or Q8_0, not '" + text + "'");
 }
 
 inline bool has_suffix(const std::string& s, const std::string& suffix) {

@@ -16,7 +16,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: generate -m MODEL [-z TOKENIZER] [-p PROMPT] [-n MAX_NEW] [--temp T] [--top-k K]\n"
     "                [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
-    "                [-c CONTEXT] [--stop STRING]... [-v]\n"
+    "                [-c CONTEXT] [--kv-type TYPE] [--shift] [--stop STRING]... [-v]\n"
     "  -m MODEL          GGUF file, or llama2.c checkpoint (.bin)\n"
     "  -z TOKENIZER      SentencePiece .model or GGUF file; default: the GGUF's own, or for a\n"
     "                    .bin the *.model file beside it\n"
@@ -30,6 +30,8 @@ constexpr const char* kUsage =
     "  --seed S          sampling seed (default: random)\n"
     "  -t THREADS        threads (default: all cores)\n"
     "  -c CONTEXT        context length (default: the model's; may exceed it)\n"
+    "  --kv-type TYPE    KV cache type: F32 (default), F16, BF16 or Q8_0\n"
+    "  --shift           when the context fills, drop the oldest half (keeping BOS) and go on\n"
     "  --stop STRING     stop before STRING (repeatable)\n"
     "  -v, --verbose     describe the model on stderr before generating\n";
 
@@ -55,6 +57,8 @@ int run(int argc, char** argv) {
     else if (flag == "--seed") options.sampler.seed = static_cast<std::uint64_t>(examples::parse_int(flag, args.value(flag), 0, std::numeric_limits<long long>::max()));
     else if (flag == "-t") session_options.n_threads = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 1024));
     else if (flag == "-c") session_options.max_seq_len = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, kIntMax));
+    else if (flag == "--kv-type") session_options.kv_type = examples::parse_kv_type(flag, args.value(flag));
+    else if (flag == "--shift") session_options.on_full = kvlm::OnFull::kShift;
     else if (flag == "--stop") options.stop.push_back(args.value(flag));
     else if (flag == "-v" || flag == "--verbose") verbose = true;
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }

@@ -15,10 +15,11 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: perplexity -m MODEL [-z TOKENIZER] -f TEXT_FILE [-c CONTEXT] [-t THREADS]\n"
-    "                  [--logits-out FILE]\n"
+    "                  [--kv-type TYPE] [--logits-out FILE]\n"
     "  -m MODEL           GGUF file, or llama2.c checkpoint (.bin)\n"
     "  -z TOKENIZER       default: the GGUF's own, or the *.model file beside a .bin\n"
     "  -c CONTEXT         tokens per chunk (default: the model's context)\n"
+    "  --kv-type TYPE     KV cache type: F32 (default), F16, BF16 or Q8_0\n"
     "  --logits-out FILE  write the first chunk's logits as float32 [n_tokens, vocab_size]\n";
 
 int run(int argc, char** argv) {
@@ -33,6 +34,7 @@ int run(int argc, char** argv) {
     else if (flag == "-f") text_path = args.value(flag);
     else if (flag == "-c") context = static_cast<int>(examples::parse_int(flag, args.value(flag), 2, std::numeric_limits<int>::max()));
     else if (flag == "-t") session_options.n_threads = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 1024));
+    else if (flag == "--kv-type") session_options.kv_type = examples::parse_kv_type(flag, args.value(flag));
     else if (flag == "--logits-out") logits_path = args.value(flag);
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }
     else throw examples::UsageError("unknown argument '" + flag + "'");

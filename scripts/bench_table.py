@@ -52,6 +52,30 @@ def main(path):
               f"{prefill['items_per_second']:,.0f} | {prefill['GFLOP_per_s']:.0f} | "
               f"{prefill['fraction_of_peak']:.2f} |")
 
+    f32 = get("BM_KvTypeDecode/0/real_time")
+    if f32:
+        print()
+        print("| `kv_type` | cache MB at 2048 positions | decode at 2048, tok/s | vs F32 |")
+        print("|---|---:|---:|---:|")
+        for type_id in (0, 1, 30, 8):
+            k = get(f"BM_KvTypeDecode/{type_id}/real_time")
+            if k:
+                print(f"| {k['label']} | {k['kv_cache_MB']:.1f} | {k['items_per_second']:.1f} | "
+                      f"{k['items_per_second'] / f32['items_per_second']:.2f} |")
+    prefill_again = get("BM_SessionReprefill/512/real_time")
+    if prefill_again:
+        print()
+        print("| a session holding 512 tokens, stories110M shape | time (ms) | vs prefilling again |")
+        print("|---|---:|---:|")
+        print(f"| prefill the 512 tokens again | {prefill_again['real_time']:.1f} | 1x |")
+        load, fork = get("BM_SessionLoad/512/real_time"), get("BM_SessionFork/512/real_time")
+        if load:
+            print(f"| `load()` from memory ({load['file_MB']:.1f} MB) | {load['real_time']:.1f} | "
+                  f"{prefill_again['real_time'] / load['real_time']:.1f}x faster |")
+        if fork:
+            print(f"| `fork()` ({fork['session_MB']:.1f} MB session) | {fork['real_time']:.1f} | "
+                  f"{prefill_again['real_time'] / fork['real_time']:.1f}x faster |")
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "build/bench.json")
