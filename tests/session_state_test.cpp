@@ -286,9 +286,9 @@ TEST_F(Stories, StopStringIsNotLeftInTheCache) {
   EXPECT_EQ(r.stop_reason, StopReason::kStopString);
   EXPECT_GE(r.dropped_tokens, 1);
   EXPECT_EQ(s.position(), 1 + r.generated_tokens - r.dropped_tokens);
-  // The cache ends where the text does, but for the head of the token in which the stop string
-  // begins (" Lily": its space was streamed, the token is dropped).
-  EXPECT_EQ(model_->tokenizer().decode(s.tokens()) + " ", text);
+  // The cache ends where the text does: " Lily" is dropped, and its space was not streamed.
+  EXPECT_EQ(model_->tokenizer().decode(s.tokens()), text);
+  EXPECT_EQ(text, "Once upon a time, there was a little girl named");
   // and generation goes on from there as from a fresh prefill of the same tokens
   std::vector<Token> continued = as_vector(s.tokens());
   continued.push_back(300);
@@ -296,19 +296,35 @@ TEST_F(Stories, StopStringIsNotLeftInTheCache) {
 }
 
 // Defect: a callback stopping while text was held back for a possible stop string lost that
-// text but kept its tokens.
-TEST_F(Stories, CallbackStopDropsTheTokensOfHeldBackText) {
+// text but kept its tokens. Now the held-back text is delivered in a last piece.
+TEST_F(Stories, CallbackStopStillDeliversHeldBackText) {
   Session s(model_);
   GenerateOptions options = sampled(200, 0.0f);
   options.stop = {" was not"};  // " was" is held back until the next token shows it is not
   const Tokenizer& tok = model_->tokenizer();
   options.on_token = [&](const TokenEvent& e) { return tok.piece(e.token) != "\xE2\x96\x81" "was"; };
   std::string text;
-  const GenerateResult r = run(s, "", options, &text);
+  const GenerateResult r = s.generate("", options, [&](std::string_view piece) {
+    text += piece;
+    return true;
+  });
   EXPECT_EQ(r.stop_reason, StopReason::kCallback);
-  EXPECT_EQ(r.dropped_tokens, 1);
+  EXPECT_EQ(r.dropped_tokens, 0);
+  EXPECT_EQ(text, "Once upon a time, there was");
+  EXPECT_EQ(tok.decode(s.tokens()), text);  // nothing in the cache goes unstreamed
+}
+
+// A stop string that spans tokens: every token from the one in which it begins is dropped.
+TEST_F(Stories, StopStringAcrossTokensDropsThemAll) {
+  Session s(model_);
+  GenerateOptions options = sampled(200, 0.0f);
+  options.stop = {" was a little"};
+  std::string text;
+  const GenerateResult r = run(s, "", options, &text);
+  EXPECT_EQ(r.stop_reason, StopReason::kStopString);
   EXPECT_EQ(text, "Once upon a time, there");
-  EXPECT_EQ(tok.decode(s.tokens()), text);
+  EXPECT_EQ(r.dropped_tokens, 3);  // " was", " a", " little"
+  EXPECT_EQ(model_->tokenizer().decode(s.tokens()), text);
 }
 
 // --- cache control -----------------------------------------------------------------------
@@ -454,6 +470,10 @@ TEST_F(Stories, LoadRefusesOtherModelsAndDamagedFilesAndChangesNothing) {
         << "cut at " << cut;
     EXPECT_TRUE(unchanged());
   }
+  std::string header = bytes;
+  header[14] = static_cast<char>(header[14] ^ 0x01);  // a bit of the fingerprint
+  EXPECT_TRUE(throws_error([&] { load(target, header); }, ErrorCode::kFormat, {"header is damaged"}));
+  EXPECT_TRUE(unchanged());
   std::string version = bytes;
   version[8] = 9;
   EXPECT_TRUE(throws_error([&] { load(target, version); }, ErrorCode::kFormat, {"version 9"}));
@@ -491,6 +511,28 @@ TEST_F(Stories, LoadRefusesOtherModelsAndDamagedFilesAndChangesNothing) {
 }
 
 // --- cache element types -------------------------------------------------------------------
+
+// fork(), save() and load() copy rows of any type; the copies continue as the original does.
+TEST_F(Stories, NarrowCachesForkSaveAndLoad) {
+  for (DType type : {DType::kF16, DType::kQ8_0}) {
+    SessionOptions o;
+    o.kv_type = type;
+    Session original(model_, o);
+    const GenerateOptions options = sampled(20);
+    run(original, "Once upon a time", options);
+    Session forked = original.fork();
+    Session restored(model_, o);
+    load(restored, saved(original));
+    std::string a, b, c;
+    run(original, "", options, &a);
+    run(forked, "", options, &b);
+    run(restored, "", options, &c);
+    EXPECT_EQ(as_vector(forked.tokens()), as_vector(original.tokens())) << to_string(type);
+    EXPECT_EQ(as_vector(restored.tokens()), as_vector(original.tokens())) << to_string(type);
+    EXPECT_EQ(b, a);
+    EXPECT_EQ(c, a);
+  }
+}
 
 // Perplexity of the reference text and the largest logit change against an F32 cache. Bounds:
 // the (F16/BF16 within 0.5%, Q8_0 within 2% perplexity); logits of these models are
@@ -647,14 +689,17 @@ TEST_F(Stories, ShiftKeepsGeneratingPastTheContextDeterministically) {
                 r.shifted_tokens, max_abs_diff(shifted, refreshed));
   }
   ASSERT_EQ(runs.size(), 2u) << "the seeded run must not end early";
-  // After a shift only the kept head is an exact prefix: a prompt of the same tokens' text
-  // reuses no more than n_keep of them.
+  // After a shift only the kept head is an exact prefix, and kReplace reuses no more of it.
   Session s(model_, o);
   std::string text;
   run(s, "Once upon a time", options, &text);
   GenerateOptions replace = sampled(1);
   replace.prompt_mode = PromptMode::kReplace;
+  EXPECT_EQ(s.exact_prefix(), o.n_keep);
   EXPECT_LE(run(s, model_->tokenizer().decode(s.tokens()), replace).cached_tokens, o.n_keep);
+  Session fresh(model_, o);
+  run(fresh, "Once upon a time", sampled(10));
+  EXPECT_EQ(fresh.exact_prefix(), fresh.position());
   EXPECT_EQ(runs[0], runs[1]);
 }
 

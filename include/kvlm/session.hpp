@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -81,7 +82,8 @@ struct SessionOptions {
   // Refuse a session needing more (memory_bytes()); 0: the machine's physical memory.
   std::size_t max_memory_bytes = 0;
   /// Checked before every layer of a forward pass (so between decode steps too); when it returns
-  /// true the call throws Error(kCancelled) and the session is as before the call.
+  /// true the call throws Error(kCancelled) and the session is as before the call (but for a
+  /// context shift the call made). Set it per call by having it read a flag the host sets.
   std::function<bool()> cancel;
 };
 
@@ -202,12 +204,12 @@ class Session {
   /// The sampler's random stream runs across calls as well: it is seeded from
   /// options.sampler.seed at the first call after construction or reset(), or by reseed().
   ///
-  /// A stop string ends the text just before it, and the tokens from the one in which it begins
-  /// are dropped from the cache (dropped_tokens): the cache ends at the token boundary at or
-  /// before the stop string (the head of that token before it, as the space of " Lily", was
-  /// streamed). When a callback stops generation while text is held back as a possible stop
-  /// string, the tokens of that text are dropped the same way. A stop string must lie within one
-  /// call.
+  /// A stop string ends generation, and the tokens from the one in which it begins are dropped
+  /// from the cache (dropped_tokens); the text stops where the first of them begins, so the
+  /// cache ends where the text does (" Lily" for the stop string "Lily" is dropped, space and
+  /// all). Only a stop string that begins in a token whose text an earlier piece already carried
+  /// leaves that text streamed. When a callback stops generation, text held back as a possible
+  /// stop string is still delivered in a last piece. A stop string must lie within one call.
   /// @throws Error: kTokenizer if the model has no tokenizer, kContextFull if the prompt does not
   ///         fit, kInvalidArgument for bad options, kCancelled, or whatever a callback throws.
   ///         The session is then as before the call (but see kReplace at the top of this file).
@@ -222,6 +224,10 @@ class Session {
   Span<const Token> tokens() const { return tokens_; }
   const Model& model() const { return *model_; }
   std::size_t kv_cache_bytes() const { return cache_.byte_size(); }
+  /// Tokens at the start of the cache whose rows are what a fresh prefill of them computes: all
+  /// of them, but after a context shift only the n_keep kept ahead of it (the moved rows were
+  /// computed beside tokens since dropped). PromptMode::kReplace reuses no more than these.
+  int exact_prefix() const { return exact_; }
   /// The cache itself: rows [0, position()) of each layer hold the tokens' keys and values.
   const KVCache& kv_cache() const { return cache_; }
   /// Everything the session allocated: the KV cache, the RoPE table, the activations and scratch
@@ -244,6 +250,7 @@ class Session {
     if (decoded_ > n_tokens) {
       decoded_ = n_tokens;
       decoder_.reset();  // rebuilt from the tokens when next needed
+      pending_generated_ = false;
     }
   }
 
@@ -278,13 +285,15 @@ class Session {
   Session fork() const;
 
   /// Writes the session: the tokens, the cache rows in use (not the empty capacity), the last
-  /// logits, the random stream and the text stream's position, tied to the model's fingerprint.
+  /// logits, the random stream and how many rows are exact, tied to the model's fingerprint.
   /// The format is versioned and little-endian, with a checksum: magic "KVLMSESS", u32 version,
   /// u64 model fingerprint, u32 cache type (ggml id), u32 n_layers, u32 kv_dim, u32 n_tokens,
   /// u32 exact rows (as a fresh prefill makes; fewer after a context shift), u8 seeded,
-  /// u8 logits valid, u16 zero, u64 random state,
+  /// u8 logits valid, u16 zero, u64 random state, u64 FNV-1a of the header so far,
   /// i32 tokens[n_tokens], f32 logits[vocab_size] if valid, then per layer the key rows and the
   /// value rows [n_tokens, row bytes of the cache type], then the u64 FNV-1a of all before it.
+  /// save_file() writes a temporary file beside `path` and renames it over `path`, so a crash
+  /// leaves the previous file whole.
   /// @throws Error(kIo) if the stream fails.
   void save(std::ostream& out) const;
   /// Replaces the session's state with a saved one, which then continues exactly as the saved
@@ -310,6 +319,7 @@ class Session {
     bool seeded;
     std::optional<StreamingDecoder> decoder;
     int decoded;
+    bool pending_generated;
     int shifted;
   };
 
@@ -469,6 +479,7 @@ class Session {
     } else if (decoded_ > n_keep) {
       decoded_ = n_keep;
       decoder_.reset();
+      pending_generated_ = false;
     }
   }
 
@@ -483,7 +494,7 @@ class Session {
     try {
       run(static_cast<int>(tokens.size()), n_logits, logits);
     } catch (...) {
-      tokens_.resize(before);  // cancelled before any logits were written
+      tokens_.resize(before);  // logits_ is written only after the last layer of the last chunk
       throw;
     }
     if (exact_ == static_cast<int>(before)) exact_ = position();
@@ -538,7 +549,8 @@ class Session {
   }
 
   State state() const {
-    return {tokens_.size(), logits_valid_, sampler_.state(), seeded_, decoder_, decoded_, shifted_};
+    return {tokens_.size(), logits_valid_, sampler_.state(), seeded_,
+            decoder_,       decoded_,      pending_generated_, shifted_};
   }
 
   // Back to `s`, but for what context shifts since then dropped: they take the oldest tokens
@@ -558,9 +570,11 @@ class Session {
     if (dropped > 0) {
       decoder_.reset();  // rebuilt from the tokens when next needed
       decoded_ = 0;
+      pending_generated_ = false;
     } else {
       decoder_ = std::move(s.decoder);
       decoded_ = s.decoded;
+      pending_generated_ = s.pending_generated;
     }
   }
 
@@ -585,6 +599,7 @@ class Session {
   bool seeded_ = false;             // the stream was seeded since construction or reset()
   std::optional<StreamingDecoder> decoder_;  // the text stream over tokens_[0, decoded_)
   int decoded_ = 0;                 // tokens the text stream has covered
+  bool pending_generated_ = false;  // the decoder holds bytes of an unfinished generated character
   int shifted_ = 0;                 // tokens dropped by context shifts, ever
   int exact_ = 0;                   // the first exact_ rows are what a fresh prefill computes
                                     // (rows after a shift's n_keep remember dropped tokens)
@@ -704,6 +719,16 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
   try {
     if (!seeded_) reseed(options.sampler.seed);
     sampler_.set_options(options.sampler);
+    // Bytes of a character that the last call generated but did not finish, when the caller's
+    // next token ends it: they become U+FFFD, generated text, streamed below.
+    std::string ended;
+    const Token caller_next = decoded_ < position() ? tokens_[static_cast<std::size_t>(decoded_)]
+                              : prompt_tokens.empty() ? -1
+                                                      : prompt_tokens.front();
+    if (decoder_ && pending_generated_ && caller_next >= 0) {
+      if (!tokenizer.is_byte(caller_next)) decoder_->flush(ended);
+      pending_generated_ = false;
+    }
     sync_decoder();
 
     using Clock = std::chrono::steady_clock;
@@ -713,10 +738,10 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
     const auto decode_start = Clock::now();
     result.prefill_seconds = std::chrono::duration<double>(decode_start - prefill_start).count();
 
-    // Bytes of text given to the stop-string matcher and passed on by it, and for each sampled
-    // token the bytes given when its text was in.
+    // Bytes of text given to the stop-string matcher and passed on by it, and for each token
+    // this call steps, where its text starts and ends among the bytes given.
     std::size_t fed = 0, emitted = 0;
-    std::vector<std::size_t> token_end;
+    std::vector<std::size_t> token_start, token_end;
     std::string piece, text;
     const auto feed = [&](const std::string& s) {
       text.clear();
@@ -728,7 +753,9 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
     const auto emit = [&on_piece](const std::string& s) {
       return s.empty() || !on_piece || on_piece(s);
     };
-    bool matched = false, go_on = true;
+    bool matched = feed(ended);
+    bool go_on = emit(text);
+    int held = 0;  // stepped tokens whose text reaches into a stop string
     while (go_on && !matched) {
       if (result.generated_tokens == options.max_new_tokens) {
         result.stop_reason = StopReason::kMaxNewTokens;
@@ -746,36 +773,53 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
       piece.clear();
       sync_decoder();  // a shift that moved nothing may have dropped the decoder's last token
       decoder_->push(token, piece);
+      pending_generated_ = decoder_->pending_bytes() > 0;
+      const std::size_t start = fed, emitted_before = emitted;
       matched = feed(piece);
+      ++result.generated_tokens;
+      if (matched) {
+        // This token and the stepped ones whose text reaches past the stop string's start
+        // (emitted) are dropped, and the text ends where the first of them begins, so that the
+        // cache ends where the text does. (Text of theirs streamed by an earlier feed stays
+        // streamed: a stop string that begins in a token before the one it ends in.)
+        const std::size_t n_stepped = std::min(
+            token_end.size(), static_cast<std::size_t>(position() - std::min(options_.n_keep, position())));
+        while (static_cast<std::size_t>(held) < n_stepped &&
+               token_end[token_end.size() - 1 - held] > emitted) {
+          ++held;
+        }
+        const std::size_t boundary = held > 0 ? token_start[token_start.size() - held] : start;
+        const std::size_t cut_at = std::max(emitted_before, boundary);
+        if (emitted > cut_at) {
+          text.resize(text.size() - (emitted - cut_at));
+          emitted = cut_at;
+        }
+      }
       if (options.on_token) {
         const float lp = logprob(next, token, options.top_logprobs);
         go_on = options.on_token(TokenEvent{token, lp, top_, text});
       }
       go_on = emit(text) && go_on;
-      ++result.generated_tokens;
-      if (matched) {  // the stop string ends in this token, which is dropped without a step
-        ++result.dropped_tokens;
-        decoder_.reset();  // it saw the token
-        break;
-      }
+      if (matched) break;  // the token in which the stop string ends is not stepped
       next = step(token);
       decoded_ = position();
+      token_start.push_back(start);
       token_end.push_back(fed);
     }
-    if (matched || !go_on) {
-      result.stop_reason = matched ? StopReason::kStopString : StopReason::kCallback;
-      // The cache ends at the token boundary at or before the end of the streamed text: drop the
-      // tokens whose text was held back, wholly or in part.
-      int held = 0;
-      while (!token_end.empty() && token_end.back() > emitted && held < position()) {
-        token_end.pop_back();
-        ++held;
-      }
-      result.dropped_tokens += held;
+    if (matched) {
+      result.stop_reason = StopReason::kStopString;
+      result.dropped_tokens = held + 1;
       truncate(position() - held);
+      decoder_.reset();  // it saw the dropped token; rebuilt from the tokens when next needed
+      pending_generated_ = false;
     } else {
+      if (!go_on) result.stop_reason = StopReason::kCallback;
+      // Text held back for a possible stop string is released: a stop string must lie within
+      // one call. After a callback asked to stop, this last piece is still delivered (its
+      // return value no longer matters), so that the stream holds the text of every token in
+      // the cache.
       text.clear();
-      stops.flush(text);  // a stop string must lie within one call
+      stops.flush(text);
       emit(text);
     }
     result.shifted_tokens = shifted_ - shifted_before;
@@ -797,6 +841,7 @@ inline Session Session::fork() const {
   copy.seeded_ = seeded_;
   copy.decoder_ = decoder_;  // points at the same (shared, immutable) model's tokenizer
   copy.decoded_ = decoded_;
+  copy.pending_generated_ = pending_generated_;
   copy.shifted_ = shifted_;
   copy.exact_ = exact_;
   return copy;
@@ -815,6 +860,9 @@ inline void Session::save(std::ostream& out) const {
   detail::append_le<std::uint8_t>(head, logits_valid_ ? 1 : 0);
   detail::append_le<std::uint16_t>(head, 0);
   detail::append_le<std::uint64_t>(head, sampler_.state());
+  detail::Fnv1a head_hash;
+  head_hash.add(head.data(), head.size());
+  detail::append_le<std::uint64_t>(head, head_hash.value());
   for (Token t : tokens_) detail::append_le<std::int32_t>(head, t);
   if (logits_valid_) {
     for (float l : logits()) detail::append_le<float>(head, l);
@@ -840,7 +888,7 @@ inline void Session::save(std::ostream& out) const {
 
 inline void Session::load(std::istream& in) {
   const std::string source = "session file";
-  constexpr std::size_t kHeadBytes = 8 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 1 + 1 + 2 + 8;
+  constexpr std::size_t kHeadBytes = 8 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 1 + 1 + 2 + 8 + 8;
   std::string head(kHeadBytes, '\0');
   in.read(head.data(), static_cast<std::streamsize>(head.size()));
   const auto bytes = [](const std::string& s) { return reinterpret_cast<const std::byte*>(s.data()); };
@@ -865,6 +913,11 @@ inline void Session::load(std::istream& in) {
   const auto logits_valid = h.read<std::uint8_t>("the logits flag");
   const auto reserved = h.read<std::uint16_t>("the reserved field");
   const auto rng = h.read<std::uint64_t>("the random state");
+  detail::Fnv1a head_hash;
+  head_hash.add(head.data(), h.offset());
+  if (h.read<std::uint64_t>("the header checksum") != head_hash.value()) {
+    throw Error(ErrorCode::kFormat, "session: the header is damaged (checksum mismatch)");
+  }
   if (fingerprint != model_->fingerprint() || n_layers != static_cast<std::uint32_t>(config_.n_layers) ||
       kv_dim != static_cast<std::uint32_t>(config_.kv_dim())) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -896,11 +949,16 @@ inline void Session::load(std::istream& in) {
   // Read a chunk at a time, so that a short stream claiming a long body allocates what it has.
   std::string body;
   constexpr std::size_t kChunk = std::size_t{1} << 20;
-  while (body.size() < body_bytes && in) {
-    const std::size_t at = body.size();
-    body.resize(at + std::min(kChunk, body_bytes - at));
-    in.read(body.data() + at, static_cast<std::streamsize>(body.size() - at));
-    body.resize(at + static_cast<std::size_t>(in.gcount()));
+  try {
+    while (body.size() < body_bytes && in) {
+      const std::size_t at = body.size();
+      body.resize(at + std::min(kChunk, body_bytes - at));
+      in.read(body.data() + at, static_cast<std::streamsize>(body.size() - at));
+      body.resize(at + static_cast<std::size_t>(in.gcount()));
+    }
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::kOutOfMemory, "session: cannot hold the " + std::to_string(body_bytes) +
+                                             "-byte session record to check it");
   }
   detail::ByteCursor b(bytes(body), body.size(), source);
   b.seek(body_bytes - 8, "the checksum");  // throws for a short stream
@@ -929,15 +987,26 @@ inline void Session::load(std::istream& in) {
   seeded_ = seeded == 1;
   exact_ = static_cast<int>(exact);
   decoded_ = 0;
+  pending_generated_ = false;
   decoder_.reset();  // rebuilt from the tokens when next needed
 }
 
 inline void Session::save_file(const std::string& path) const {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error(ErrorCode::kIo, path + ": cannot open for writing");
-  save(out);
-  out.close();
-  if (!out) throw Error(ErrorCode::kIo, path + ": cannot write");
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(ErrorCode::kIo, temporary + ": cannot open for writing");
+    save(out);
+    out.close();
+    if (!out) {
+      std::remove(temporary.c_str());
+      throw Error(ErrorCode::kIo, temporary + ": cannot write");
+    }
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    std::remove(temporary.c_str());
+    throw Error(ErrorCode::kIo, path + ": cannot replace it with " + temporary);
+  }
 }
 
 inline void Session::load_file(const std::string& path) {

@@ -520,6 +520,9 @@ class StreamingDecoder {
   /// call reset() for that.
   void flush(std::string& out) { emit_pending(true, out); }
 
+  /// Bytes of an unfinished character held back (0 to 3).
+  std::size_t pending_bytes() const { return n_pending_; }
+
  private:
   // Appends the complete characters of the pending bytes, and U+FFFD for each byte that cannot
   // start one (at the end of a run, an unfinished character cannot be finished).
