@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -645,6 +646,26 @@ TEST(SessionMemory, OversizedSessionsAreErrorsNamingTheBytes) {
   EXPECT_TRUE(throws_error([&] { Session(wide_model, unallocatable); }, ErrorCode::kOutOfMemory,
                            {std::to_string(Session::bytes_needed(*wide_model, unallocatable)),
                             "cannot be allocated"}));
+}
+
+// --- numerical failure ---------------------------------------------------------------------
+
+// NaN logits from broken weights are an error of their own, naming the model, and the session
+// stays as it was.
+TEST(SessionNumerical, NanLogitsAreAnErrorNamingTheModel) {
+  ModelFile file = test::random_model_file(test::small_gqa_config(), 9);
+  file.source = "corrupt.gguf";
+  const WeightView& embedding = file.weights.at("token_embd.weight");
+  const_cast<float*>(static_cast<const float*>(embedding.data))[5 * embedding.cols + 3] =
+      std::numeric_limits<float>::quiet_NaN();  // token 5's embedding
+  const auto model = Model::from_file(std::move(file));
+  Session s(model);
+  const std::vector<float> after_two = as_vector(s.prefill(std::vector<Token>{1, 2}));
+  EXPECT_TRUE(throws_error([&] { s.prefill(std::vector<Token>{4, 5}); }, ErrorCode::kNumerical,
+                           {"corrupt.gguf", "after position 3", "nan"}));
+  EXPECT_EQ(as_vector(s.tokens()), (std::vector<Token>{1, 2}));
+  s.rewind(1);
+  EXPECT_LE(max_abs_diff(as_vector(s.step(2)), after_two), kStepTolerance);
 }
 
 // --- context shift -------------------------------------------------------------------------

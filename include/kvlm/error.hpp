@@ -16,6 +16,7 @@ enum class ErrorCode {
   kTokenizer,     // the tokenizer could not be loaded or failed on its input
   kOutOfMemory,   // a session's buffers exceed the host's budget or cannot be allocated
   kCancelled,     // the host's cancel callback asked a call to stop
+  kNumerical,     // a model computed NaN or infinite logits (corrupt weights, most likely)
 };
 
 inline const char* to_string(ErrorCode code) {
@@ -28,6 +29,7 @@ inline const char* to_string(ErrorCode code) {
     case ErrorCode::kTokenizer: return "tokenizer";
     case ErrorCode::kOutOfMemory: return "out of memory";
     case ErrorCode::kCancelled: return "cancelled";
+    case ErrorCode::kNumerical: return "numerical";
   }
   return "unknown";
 }

@@ -59,6 +59,8 @@ class Model {
   }
 
   const ModelConfig& config() const { return config_; }
+  /// The path the weights were loaded from ("" for weights built in memory), for messages.
+  const std::string& source() const { return source_; }
   bool has_tokenizer() const { return tokenizer_.has_value(); }
   /// @throws Error(kTokenizer) if the model was loaded without one.
   const Tokenizer& tokenizer() const {
@@ -92,7 +94,8 @@ class Model {
         storage_(std::move(file.storage)),
         tokenizer_(std::move(tokenizer)),
         format_(file.format),
-        file_bytes_(file.file_bytes) {
+        file_bytes_(file.file_bytes),
+        source_(file.source) {
     config_.validate();
     const std::int64_t dim = config_.dim, hidden = config_.hidden_dim;
     const std::int64_t q_dim = config_.q_dim(), kv_dim = config_.kv_dim();
@@ -210,6 +213,7 @@ class Model {
   std::uint64_t fingerprint_ = 0;
   std::string format_;
   std::uint64_t file_bytes_ = 0;
+  std::string source_;
 };
 
 inline std::int64_t Model::parameter_count() const {

@@ -493,11 +493,27 @@ class Session {
     tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());  // within the reserved capacity
     try {
       run(static_cast<int>(tokens.size()), n_logits, logits);
+      check_finite(logits.rows_slice(0, n_logits));
     } catch (...) {
-      tokens_.resize(before);  // logits_ is written only after the last layer of the last chunk
+      tokens_.resize(before);
+      logits_valid_ = false;
       throw;
     }
     if (exact_ == static_cast<int>(before)) exact_ = position();
+  }
+
+  // NaN or infinite logits mean the weights are broken (a corrupt file): an error of its own,
+  // rather than a sampler that picks from garbage.
+  void check_finite(TensorView<const float> logits) const {
+    for (std::int64_t i = 0; i < logits.size(); ++i) {
+      if (std::isfinite(logits[i])) continue;
+      const std::int64_t row = i / logits.cols();
+      throw Error(ErrorCode::kNumerical,
+                  (model_->source().empty() ? std::string("the model") : model_->source()) +
+                      ": logit " + std::to_string(i % logits.cols()) + " after position " +
+                      std::to_string(position() - logits.rows() + row) + " is " +
+                      std::to_string(logits[i]) + "; the weights are probably corrupt");
+    }
   }
 
   // Runs the last n_new tokens of tokens_ (all of them when recomputing) and writes the logits

@@ -328,6 +328,7 @@ inline ModelFile load_gguf(const gguf::GgufFile& f) {
   out.storage = std::move(storage);
   out.format = "GGUF v" + std::to_string(f.version());
   out.file_bytes = f.size();
+  out.source = f.path();
   return out;
 }
 

@@ -164,6 +164,7 @@ inline ModelFile load_llama2c(const std::string& path) {
   }
   out.format = v1 ? "llama2.c (version 1)" : "llama2.c (legacy)";
   out.file_bytes = file->size();
+  out.source = path;
   out.storage = std::move(file);
   return out;
 }

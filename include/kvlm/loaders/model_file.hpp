@@ -52,6 +52,7 @@ struct ModelFile {
   std::optional<TokenizerVocab> vocab;        // the tokenizer the file embeds, if any
   std::string format;                         // e.g. "GGUF v3", "llama2.c (legacy)"
   std::uint64_t file_bytes = 0;               // size of the file it came from
+  std::string source;                         // its path; empty for weights built in memory
 };
 
 /// The formats a model file can be in. Only GGUF has a magic number; a llama2.c legacy
