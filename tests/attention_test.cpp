@@ -56,9 +56,10 @@ void PrintTo(const Call& c, std::ostream* os) {
 // SmallHeads: heads of 8 values, so a Q8_0 cache converts whole rows of 32 (4 heads) at a time.
 const HeadLayout kLayouts[] = {
     {"Mha", 8, 8, 64}, {"Gqa", 8, 2, 64}, {"Mqa", 8, 1, 64}, {"SmallHeads", 8, 4, 8}};
-// A decode step, a batch, and a decode step late enough that 8 heads * 301 positions * 64 * 2
-// multiply-adds exceed kMinParallelWork, so two threads really split the heads.
-const Call kCalls[] = {{1, 37}, {12, 5}, {1, 300}};
+// A decode step, a batch, a decode step late enough that 8 heads * 301 positions * 64 * 2
+// multiply-adds exceed kMinParallelWork, so two threads really split the heads, and batches of
+// several query tiles (64 rows) over several position tiles (64), from position 0 and mid-tile.
+const Call kCalls[] = {{1, 37}, {12, 5}, {1, 300}, {150, 100}, {70, 0}};
 
 std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
   std::mt19937 rng(seed);
@@ -94,8 +95,12 @@ TEST_P(AttentionVsPlainLoop, Matches) {
     // Rows past the last visible position must never be read: all bits set is NaN in every type.
     std::fill(rows.row(n_ctx), rows.row(cache_rows), std::byte{0xFF});
   }
-  AttentionScratch scratch(n_threads, std::max(n_tokens, shape.group()), n_ctx, kv_dim, cache_type);
-  std::fill(scratch.scores().data(), scratch.scores().data() + scratch.scores().size(), nan);
+  AttentionScratch scratch(n_threads, shape.group(), kv_dim, cache_type);
+  for (int t = 0; t < n_threads; ++t) {  // nothing may be read before it is written
+    const std::int64_t rows = AttentionScratch::pass_rows(shape.group());
+    std::fill_n(scratch.scores(t), rows * AttentionScratch::kTilePositions, nan);
+    std::fill_n(scratch.stats(t), rows * 2, nan);
+  }
   Tensor<float> out({n_tokens, q_dim});
   std::fill(out.data(), out.data() + out.size(), nan);  // every element must be written
 

@@ -617,6 +617,32 @@ TEST(SessionMemory, MemoryBytesIsWhatBytesNeededPredicts) {
                            ErrorCode::kInvalidArgument, {"32-value blocks"}));
 }
 
+// What each extra thread costs (attention's and the matmuls' scratch) is the same at any context
+// length and batch size: scratch is O(threads x tile), never O(threads x context). At 1000
+// threads and 8192 positions, scores for every position would be 32 MB per thread.
+TEST(SessionMemory, PerThreadScratchDoesNotGrowWithContextOrBatch) {
+  ModelConfig c = test::small_gqa_config();
+  c.head_dim = 16;
+  c.n_kv_heads = 2;  // rows of 32 values: Q8_0 blocks fit
+  const auto model = test::random_model(c, 3);
+  for (DType type : {DType::kF32, DType::kQ8_0}) {
+    const auto per_thread = [&](int seq, int batch) {
+      SessionOptions o;
+      o.kv_type = type;
+      o.max_seq_len = seq;
+      o.max_batch = batch;
+      o.n_threads = 1000;
+      const std::size_t many = Session::bytes_needed(*model, o);
+      o.n_threads = 1;
+      return (many - Session::bytes_needed(*model, o)) / 999;
+    };
+    const std::size_t base = per_thread(256, 1);
+    EXPECT_EQ(per_thread(8192, 1), base) << to_string(type);
+    EXPECT_EQ(per_thread(8192, 512), base) << to_string(type);
+    EXPECT_LT(base, std::size_t{1} << 20) << to_string(type);
+  }
+}
+
 TEST(SessionMemory, OversizedSessionsAreErrorsNamingTheBytes) {
   const auto model = test::random_model(test::small_gqa_config(), 3);
   SessionOptions budget;

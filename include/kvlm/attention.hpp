@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kvlm/detail/assert.hpp"
 #include "kvlm/detail/parallel.hpp"
@@ -26,29 +27,49 @@ struct AttentionShape {
   int group() const { return n_heads / n_kv_heads; }
 };
 
-/// Per-thread buffers of attention(), sized once per session.
+/// Per-thread buffers of attention(), sized once per session: O(n_threads x tile), whatever the
+/// batch size or the context length.
 class AttentionScratch {
  public:
-  // Cache positions converted to float at a time when the cache is not F32.
+  // Cache positions per tile: the unit of the online softmax, and of conversion to float when
+  // the cache is not F32.
   static constexpr std::int64_t kTilePositions = 64;
+  // Query rows of one head per block in a batch.
+  static constexpr std::int64_t kTileQueries = 64;
 
-  /// max_rows: most query rows of one block (max(max_batch, group)); max_seq_len: most positions;
-  /// kv_dim: n_kv_heads * head_dim; cache_type: what the cache stores (F32 needs no tiles).
-  AttentionScratch(int n_threads, std::int64_t max_rows, std::int64_t max_seq_len,
-                   std::int64_t kv_dim, DType cache_type)
-      : scores_({n_threads, max_rows, max_seq_len}),
+  /// group: n_heads / n_kv_heads; kv_dim: n_kv_heads * head_dim; cache_type: what the cache
+  /// stores (F32 is read in place and needs no tiles).
+  AttentionScratch(int n_threads, int group, std::int64_t kv_dim, DType cache_type)
+      : scores_({n_threads, pass_rows(group), kTilePositions}),
+        stats_({n_threads, pass_rows(group), 2}),
         tiles_(cache_type == DType::kF32 ? Tensor<float>()
                                          : Tensor<float>({n_threads, kTilePositions, kv_dim})) {}
 
-  // [n_threads, max_rows, max_seq_len]
-  TensorView<float> scores() { return scores_.view(); }
-  // A thread's tile of cache rows as floats: [kTilePositions, kv_dim].
+  /// What the constructor allocates, in bytes.
+  static std::size_t bytes_needed(int n_threads, int group, std::int64_t kv_dim, DType cache_type) {
+    const std::int64_t rows = pass_rows(group);
+    const std::int64_t tile = cache_type == DType::kF32 ? 0 : kTilePositions * kv_dim;
+    return static_cast<std::size_t>(n_threads * (rows * kTilePositions + rows * 2 + tile)) *
+           sizeof(float);
+  }
+
+  // Query rows one thread works on at once: a batch's block, or the heads of one or more groups.
+  static std::int64_t pass_rows(int group) { return std::max<std::int64_t>(kTileQueries, group); }
+
+  // A thread's scores for one tile, [pass_rows, kTilePositions].
+  float* scores(int thread) { return scores_.view().row(thread * scores_.view().dim(1)); }
+  // A thread's running (max, sum) of each row's softmax, [pass_rows, 2].
+  float* stats(int thread) { return stats_.view().row(thread * stats_.view().dim(1)); }
+  // A thread's tile of cache rows as floats, [kTilePositions, kv_dim].
   float* tile(int thread) { return tiles_.view().row(thread * kTilePositions); }
-  std::size_t byte_size() const { return scores_.byte_size() + tiles_.byte_size(); }
+  std::size_t byte_size() const {
+    return scores_.byte_size() + stats_.byte_size() + tiles_.byte_size();
+  }
 
  private:
-  Tensor<float> scores_;
-  Tensor<float> tiles_;
+  Tensor<float> scores_;  // [n_threads, pass_rows, kTilePositions]
+  Tensor<float> stats_;   // [n_threads, pass_rows, 2]
+  Tensor<float> tiles_;   // [n_threads, kTilePositions, kv_dim], empty for an F32 cache
 };
 
 /// out = softmax(Q K^T / sqrt(head_dim), causal) V for tokens at positions
@@ -56,53 +77,77 @@ class AttentionScratch {
 ///   q:      [n_tokens, n_heads * head_dim], already rotated
 ///   keys:   [>= start_pos + n_tokens, n_kv_heads * head_dim], rows [0, start_pos + n_tokens) valid
 ///   values: the same shape and type as keys
-///   scratch: scores for n_threads x max(n_tokens, group) x (start_pos + n_tokens)
 ///   out:    [n_tokens, n_heads * head_dim]
+/// Flash-style: the cache is read a tile of kTilePositions positions at a time, each row's softmax
+/// kept online (a running max and sum, earlier outputs rescaled when the max grows), and tiles past
+/// a block's last visible position are never read, so the scratch is per thread and per tile.
 inline void attention(TensorView<const float> q, const KVRows& keys, const KVRows& values,
                       const AttentionShape& shape, int start_pos, AttentionScratch& scratch,
                       TensorView<float> out, int n_threads) {
   using Strided = Eigen::OuterStride<>;
   using ConstRows = Eigen::Map<const RowMajorMatrix<float>, Eigen::Unaligned, Strided>;
   using Rows = Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Strided>;
+  constexpr std::int64_t kTile = AttentionScratch::kTilePositions;
   const std::int64_t n_tokens = q.rows();
   const std::int64_t n_ctx = start_pos + n_tokens;  // positions visible to the last token
   const int hd = shape.head_dim;
   const int group = shape.group();
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const TensorView<float> scores = scratch.scores();
 
   // Query rows are taken in blocks that share one KV head. For one token, a block is the
   // group's heads, [group, head_dim] and contiguous, so each cached K/V row is read once per
-  // group: GQA's saving in decode. For a batch, a block is one head over all the tokens,
-  // [n_tokens, head_dim] with row stride n_heads * head_dim, so the products are matrix-matrix.
+  // group: GQA's saving in decode. For a batch, a block is one head over up to kTileQueries
+  // tokens, [rows, head_dim] with row stride n_heads * head_dim, so the products are
+  // matrix-matrix; block b is head b / n_query_tiles, tile b % n_query_tiles.
   const bool one_token = n_tokens == 1;
-  const std::int64_t n_blocks = one_token ? shape.n_kv_heads : shape.n_heads;
-  const std::int64_t block_rows = one_token ? group : n_tokens;
+  const std::int64_t n_query_tiles = (n_tokens + AttentionScratch::kTileQueries - 1) /
+                                     AttentionScratch::kTileQueries;
+  const std::int64_t n_blocks = one_token ? shape.n_kv_heads : shape.n_heads * n_query_tiles;
   const std::int64_t row_stride = one_token ? hd : q.cols();
   KVLM_ASSERT(q.cols() == std::int64_t{shape.n_heads} * hd && out.cols() == q.cols());
   KVLM_ASSERT(keys.rows >= n_ctx && values.rows >= n_ctx && keys.type == values.type);
-  KVLM_ASSERT(scores.rank() == 3 && scores.dim(1) >= block_rows && scores.dim(2) >= n_ctx);
   const std::int64_t work = std::int64_t{shape.n_heads} * n_tokens * n_ctx * hd * 2;
 
-  // An F32 cache is read in place, all positions at once. Any other is converted a tile of
-  // positions at a time into the thread's float tile, and in decode one conversion serves all
-  // the thread's KV heads (a pass): just their columns of each row when those are whole blocks,
-  // else whole rows. A batch takes one block per pass; its conversions are shared by n_tokens
-  // query rows anyway.
+  // An F32 cache is read in place. Any other is converted a tile at a time into the thread's
+  // float tile, and in decode one conversion serves all the thread's KV heads that fit in a pass:
+  // just their columns of each row when those are whole blocks, else whole rows. A batch takes
+  // one block per pass; its conversions are shared by its query rows anyway.
   const bool in_place = keys.type == DType::kF32;
-  const std::int64_t tile_positions = in_place ? n_ctx : AttentionScratch::kTilePositions;
   const auto& to_float = kernels::kernels(keys.type).to_float;
   const int block_size = info(keys.type).block_size, block_bytes = info(keys.type).block_bytes;
   const std::int64_t blocks_per_pass =
-      one_token && !in_place ? std::max<std::int64_t>(1, scores.dim(1) / block_rows) : 1;
+      one_token && !in_place ? std::max<std::int64_t>(1, AttentionScratch::pass_rows(group) / group)
+                             : 1;
 
   detail::parallel_for_rows(n_blocks, work, n_threads, 1,
                             [&](std::int64_t block_begin, std::int64_t block_end, int thread) {
-    float* tile = in_place ? nullptr : scratch.tile(thread);  // [kTilePositions, kv_dim]
+    float* tile = in_place ? nullptr : scratch.tile(thread);  // [kTile, kv_dim]
+    float* const scores = scratch.scores(thread);             // [pass rows, kTile]
+    float* const stats = scratch.stats(thread);               // [pass rows, 2]: max, sum
     for (std::int64_t b0 = block_begin; b0 < block_end; b0 += blocks_per_pass) {
       const std::int64_t b1 = std::min(block_end, b0 + blocks_per_pass);
+      // The pass's query rows: block b's first token and head, its row count, its rows' offset
+      // in the pass, and its KV head.
+      const std::int64_t first_token = one_token ? 0 : b0 % n_query_tiles * AttentionScratch::kTileQueries;
+      const std::int64_t block_rows = one_token ? group
+                                                : std::min(AttentionScratch::kTileQueries,
+                                                           n_tokens - first_token);
+      const std::int64_t pass_rows = (b1 - b0) * block_rows;
+      const auto head_of = [&](std::int64_t b) { return one_token ? b * group : b / n_query_tiles; };
+      const auto kv_head_of = [&](std::int64_t b) { return one_token ? b : b / n_query_tiles / group; };
+      const auto q_of = [&](std::int64_t b) {
+        return ConstRows(q.data() + first_token * q.cols() + head_of(b) * hd, block_rows, hd,
+                         Strided(row_stride));
+      };
+      const auto out_of = [&](std::int64_t b) {
+        return Rows(out.data() + first_token * out.cols() + head_of(b) * hd, block_rows, hd,
+                    Strided(row_stride));
+      };
+      const auto scores_of = [&](std::int64_t b, std::int64_t n) {  // [block_rows, n]
+        return Rows(scores + (b - b0) * block_rows * kTile, block_rows, n, Strided(kTile));
+      };
       // The KV heads of this pass, [h0, h1), and the columns of the rows they occupy.
-      const std::int64_t h0 = one_token ? b0 : b0 / group, h1 = one_token ? b1 : h0 + 1;
+      const std::int64_t h0 = kv_head_of(b0), h1 = kv_head_of(b1 - 1) + 1;
       const std::int64_t first_column = h0 * hd, n_columns = (h1 - h0) * hd;
       const bool whole_blocks = first_column % block_size == 0 && n_columns % block_size == 0;
       // Positions [t0, t0 + n) of `cache` into the tile: [n, kv_dim], those columns valid.
@@ -124,46 +169,45 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
         const float* base = in_place ? reinterpret_cast<const float*>(cache.row(t0)) : tile;
         return ConstRows(base + kv_head * hd, n, hd, Strided(cache.cols));
       };
-      // Block b's query rows, scores and outputs.
-      const auto q_of = [&](std::int64_t b) {
-        return ConstRows(q.data() + (one_token ? b * group : b) * hd, block_rows, hd,
-                         Strided(row_stride));
-      };
-      const auto out_of = [&](std::int64_t b) {
-        return Rows(out.data() + (one_token ? b * group : b) * hd, block_rows, hd,
-                    Strided(row_stride));
-      };
-      const auto scores_of = [&](std::int64_t b) {  // [block_rows, n_ctx], row stride dim(2)
-        return Rows(scores.data() + (thread * scores.dim(1) + (b - b0) * block_rows) * scores.dim(2),
-                    block_rows, n_ctx, Strided(scores.dim(2)));
-      };
-      const auto kv_head_of = [&](std::int64_t b) { return one_token ? b : b / group; };
 
-      for (std::int64_t t0 = 0; t0 < n_ctx; t0 += tile_positions) {
-        const std::int64_t n = std::min(tile_positions, n_ctx - t0);
+      for (std::int64_t r = 0; r < pass_rows; ++r) {
+        stats[2 * r] = -std::numeric_limits<float>::infinity();
+        stats[2 * r + 1] = 0.0f;
+      }
+      for (std::int64_t b = b0; b < b1; ++b) out_of(b).setZero();
+      // Positions the pass's last token sees; tiles after them are all masked.
+      const std::int64_t n_visible = one_token ? n_ctx : start_pos + first_token + block_rows;
+      for (std::int64_t t0 = 0; t0 < n_visible; t0 += kTile) {
+        const std::int64_t n = std::min(kTile, n_visible - t0);
         convert(keys, t0, n);
         for (std::int64_t b = b0; b < b1; ++b) {
-          scores_of(b).middleCols(t0, n).noalias() =
-              (q_of(b) * head_rows(keys, t0, n, kv_head_of(b)).transpose()) * scale;
+          scores_of(b, n).noalias() = (q_of(b) * head_rows(keys, t0, n, kv_head_of(b)).transpose()) * scale;
         }
-      }
-      for (std::int64_t b = b0; b < b1; ++b) {
-        Rows s = scores_of(b);
-        for (std::int64_t r = 0; r < block_rows; ++r) {
-          // the causal bound t <= start_pos + i, for the token i of row r
-          const std::int64_t visible = start_pos + (one_token ? 0 : r) + 1;
-          softmax(&s(r, 0), visible);
-          s.row(r).tail(n_ctx - visible).setZero();
+        // Online softmax: each row's scores become exp(score - running max), its sum and its
+        // output so far are rescaled to the new max.
+        for (std::int64_t r = 0; r < pass_rows; ++r) {
+          const std::int64_t token = first_token + (one_token ? 0 : r);
+          // positions t0 + [0, visible) of this tile are <= start_pos + token
+          const std::int64_t visible = std::clamp<std::int64_t>(start_pos + token + 1 - t0, 0, n);
+          Eigen::Map<Eigen::ArrayXf> s(scores + r * kTile, n);
+          s.tail(n - visible).setZero();
+          if (visible == 0) continue;
+          auto p = s.head(visible);
+          float& max = stats[2 * r];
+          const float new_max = std::max(max, p.maxCoeff());
+          const float rescale = std::exp(max - new_max);  // 0 for the first tile
+          p = (p - new_max).exp();
+          stats[2 * r + 1] = stats[2 * r + 1] * rescale + p.sum();
+          max = new_max;
+          if (rescale != 1.0f) out_of(b0 + r / block_rows).row(r % block_rows) *= rescale;
         }
-        out_of(b).setZero();
-      }
-      for (std::int64_t t0 = 0; t0 < n_ctx; t0 += tile_positions) {
-        const std::int64_t n = std::min(tile_positions, n_ctx - t0);
         convert(values, t0, n);
         for (std::int64_t b = b0; b < b1; ++b) {
-          out_of(b).noalias() +=
-              scores_of(b).middleCols(t0, n) * head_rows(values, t0, n, kv_head_of(b));
+          out_of(b).noalias() += scores_of(b, n) * head_rows(values, t0, n, kv_head_of(b));
         }
+      }
+      for (std::int64_t r = 0; r < pass_rows; ++r) {
+        out_of(b0 + r / block_rows).row(r % block_rows) /= stats[2 * r + 1];
       }
     }
   });

@@ -28,8 +28,7 @@ struct BlockWeights {
 
 /// Activations for a batch of up to max_batch tokens, allocated once per session.
 struct BlockScratch {
-  BlockScratch(const ModelConfig& config, int max_batch, int max_seq_len, int n_threads,
-               DType cache_type)
+  BlockScratch(const ModelConfig& config, int max_batch, int n_threads, DType cache_type)
       : xb({max_batch, config.dim}),
         q({max_batch, config.q_dim()}),
         k(cache_type == DType::kF32 ? Tensor<float>() : Tensor<float>({max_batch, config.kv_dim()})),
@@ -37,8 +36,7 @@ struct BlockScratch {
         att({max_batch, config.q_dim()}),
         gate({max_batch, config.hidden_dim}),
         up({max_batch, config.hidden_dim}),
-        attention(n_threads, std::max(max_batch, config.group()), max_seq_len, config.kv_dim(),
-                  cache_type),
+        attention(n_threads, config.group(), config.kv_dim(), cache_type),
         matmul(max_batch, std::max({config.dim, config.q_dim(), config.hidden_dim}), n_threads) {}
 
   std::size_t byte_size() const {
@@ -53,7 +51,7 @@ struct BlockScratch {
   Tensor<float> att;     // [max_batch, n_heads * head_dim]
   Tensor<float> gate;    // [max_batch, hidden_dim]
   Tensor<float> up;      // [max_batch, hidden_dim]
-  AttentionScratch attention;  // scores [n_threads, max(max_batch, group), max_seq_len]
+  AttentionScratch attention;  // per thread: one tile's scores, softmax stats, converted rows
   MatmulScratch matmul;  // quantized activations and dequantized weight tiles
 };
 

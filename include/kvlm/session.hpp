@@ -336,7 +336,7 @@ class Session {
                 options_.kv_type}),
         rope_table_(config_.head_dim, max_seq_len_, config_.rope_theta),
         x_({batch_, config_.dim}),
-        scratch_(config_, batch_, max_seq_len_, n_threads_, options_.kv_type),
+        scratch_(config_, batch_, n_threads_, options_.kv_type),
         logits_({config_.vocab_size}),
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
@@ -636,8 +636,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   bytes += f32(batch * c.dim);                                  // x
   bytes += f32(batch * (c.dim + 2 * c.q_dim() + 2 * c.hidden_dim));  // xb, q, att, gate, up
   if (!f32_cache) bytes += f32(2 * batch * kv_dim);             // k, v before they are stored
-  bytes += f32(threads * std::max<std::int64_t>(batch, c.group()) * seq);  // attention scores
-  if (!f32_cache) bytes += f32(threads * AttentionScratch::kTilePositions * kv_dim);
+  bytes += AttentionScratch::bytes_needed(o.n_threads, c.group(), kv_dim, o.kv_type);
   bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(BlockQ8_0);
   bytes += static_cast<std::size_t>(batch * ((max_in + 255) / 256)) * sizeof(BlockQ8_K);
   bytes += f32(threads * MatmulScratch::kTileRows * max_in);    // dequantized weight tiles
