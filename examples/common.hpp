@@ -86,10 +86,7 @@ inline bool has_suffix(const std::string& s, const std::string& suffix) {
 // The tokenizer to use with `model_path` when none was given: "" for a GGUF file (it embeds its
 // own); for a llama2.c checkpoint tokenizer.model beside the model, else the only *.model there.
 inline std::string find_tokenizer(const std::string& model_path) {
-  if (kvlm::detect_format(model_path) == kvlm::FileFormat::kGguf) return "";
-  if (!std::ifstream(model_path).good()) {
-    throw kvlm::Error(kvlm::ErrorCode::kIo, model_path + ": cannot open");
-  }
+  if (kvlm::detect_format(model_path) == kvlm::FileFormat::kGguf) return "";  // or kIo
   const std::size_t slash = model_path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "."
                           : slash == 0               ? "/"

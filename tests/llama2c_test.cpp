@@ -299,13 +299,18 @@ TEST_F(Llama2c, DirectoryIsAnIoError) {
   EXPECT_TRUE(throws_error([&] { load_llama2c(dir_); }, ErrorCode::kIo,
                            {dir_, "not a regular file"}));
   EXPECT_TRUE(throws_error([&] { Model::load(dir_); }, ErrorCode::kIo, {dir_}));
+  // The same with a trailing slash, and for the format check.
+  for (const std::string& path : {dir_, dir_ + "/"}) {
+    EXPECT_TRUE(throws_error([&] { Model::load(path); }, ErrorCode::kIo, {path, "not a regular file"}));
+    EXPECT_TRUE(throws_error([&] { detect_format(path); }, ErrorCode::kIo, {path, "not a regular file"}));
+  }
 }
 
 // A FIFO is refused at once, not waited on for a writer that never comes.
 TEST_F(Llama2c, FifoIsRefusedWithoutWaiting) {
   const std::string fifo = dir_ + "/model.fifo";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-  EXPECT_EQ(detect_format(fifo), FileFormat::kLlama2c);
+  EXPECT_TRUE(throws_error([&] { detect_format(fifo); }, ErrorCode::kIo, {fifo, "not a regular file"}));
   EXPECT_TRUE(throws_error([&] { Model::load(fifo); }, ErrorCode::kIo, {fifo, "not a regular file"}));
   ::unlink(fifo.c_str());
 }

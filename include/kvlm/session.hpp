@@ -19,7 +19,6 @@
 // stream), with two stated exceptions: a context shift is not undone, and a generate() in
 // PromptMode::kReplace that throws after it replaced cached tokens holds the common prefix.
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,6 +43,7 @@
 #include "kvlm/detail/checked.hpp"
 #include "kvlm/detail/hash.hpp"
 #include "kvlm/detail/parallel.hpp"
+#include "kvlm/detail/regular_file.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/kv_cache.hpp"
 #include "kvlm/matmul.hpp"
@@ -1025,9 +1025,7 @@ inline void Session::save_file(const std::string& path) const {
 }
 
 inline void Session::load_file(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw Error(ErrorCode::kIo, path + ": cannot open");
-  if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::kIo, path + ": cannot read (not a regular file)");
+  { const detail::RegularFile checked(path); }  // a FIFO or a directory is refused, not waited on
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(ErrorCode::kIo, path + ": cannot open");
   try {

@@ -13,8 +13,6 @@
 //   output_norm.weight                     [1, dim]
 //   output.weight                          [vocab_size, dim], absent when the classifier is shared
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -26,6 +24,7 @@
 #include <vector>
 
 #include "kvlm/config.hpp"
+#include "kvlm/detail/regular_file.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
@@ -59,17 +58,14 @@ struct ModelFile {
 /// checkpoint starts straight with its header, so anything else is left to that loader to judge.
 enum class FileFormat { kGguf, kLlama2c };
 
-/// The format of the file at `path`, from its first bytes (never its name). Anything that is not
-/// a readable regular file counts as kLlama2c, whose loader then says why it cannot be read; a
-/// FIFO is opened without blocking and never read, so this never waits for a writer.
+/// The format of the file at `path`, from its first bytes (never its name); a file too short for
+/// a magic number counts as kLlama2c, whose loader then says what is wrong with it.
+/// @throws Error(kIo) naming the path when it is missing or not a regular file (a directory,
+/// with or without a trailing slash, a FIFO, a device), before anything is read.
 inline FileFormat detect_format(const std::string& path) {
+  const detail::RegularFile file(path);
   char magic[4] = {};
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return FileFormat::kLlama2c;
-  struct stat st {};
-  const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  const bool read_all = regular && ::read(fd, magic, sizeof magic) == sizeof magic;
-  ::close(fd);
+  const bool read_all = ::read(file.fd(), magic, sizeof magic) == sizeof magic;
   return read_all && std::memcmp(magic, "GGUF", 4) == 0 ? FileFormat::kGguf : FileFormat::kLlama2c;
 }
 
