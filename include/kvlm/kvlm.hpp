@@ -3,6 +3,7 @@
 // This umbrella header includes the whole public API.
 
 #include "kvlm/attention.hpp"
+#include "kvlm/chat_template.hpp"
 #include "kvlm/config.hpp"
 #include "kvlm/decoder_block.hpp"
 #include "kvlm/dtype.hpp"

@@ -103,8 +103,9 @@ inline DType fallback_type(DType type, std::int64_t cols) {
 
 /// Writes `file` (any loader's output, or a model built in memory) to `path` as GGUF v3 with its
 /// matrices stored as `recipe` says and its norms as F32; `vocab`, if given, becomes the file's
-/// tokenizer.ggml.* keys. `name` is general.name. Memory: the converted tensors are held until
-/// the file is written (about the output file's size).
+/// tokenizer.ggml.* keys and, when it has one, tokenizer.chat_template. `name` is general.name.
+/// Memory: the converted tensors are held until the file is written (about the output file's
+/// size).
 /// @throws Error(kIo) if the file cannot be written, (kFormat) naming the tensor and row if a
 ///         weight is not finite.
 inline QuantizeReport write_gguf(const ModelFile& file, const QuantizeRecipe& recipe,
@@ -140,6 +141,7 @@ inline QuantizeReport write_gguf(const ModelFile& file, const QuantizeRecipe& re
     out.set("tokenizer.ggml.add_eos_token", vocab->add_eos);
     out.set("tokenizer.ggml.add_space_prefix", vocab->add_space_prefix);
     out.set("tokenizer.ggml.remove_extra_whitespaces", vocab->remove_extra_whitespaces);
+    if (!vocab->chat_template.empty()) out.set("tokenizer.chat_template", vocab->chat_template);
   }
 
   QuantizeReport report;

@@ -22,6 +22,11 @@
 // (TokenizerVocab): it writes a SentencePiece ModelProto in memory (Debian's libsentencepiece-dev
 // ships no generated protobuf headers, so detail::ProtoWriter writes the few fields by hand) and
 // loads it into SentencePiece itself, so encoding and decoding are SentencePiece's own.
+//
+// SentencePiece matches user-defined pieces wherever the input spells them, so where a vocabulary
+// marks a chat marker user-defined, encode() turns user text "<end_of_turn>" into that marker.
+// encode_plain(), which chat templates use for text, encodes with a second SentencePiece model in
+// which those pieces are control pieces, which SentencePiece never matches in text.
 
 #include <sentencepiece_processor.h>
 
@@ -32,6 +37,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -132,6 +138,8 @@ class ProtoWriter {
     add_raw_varint(value.size());
     bytes_.append(value.data(), value.size());
   }
+  // A whole field (key and value) as ProtoReader::field_bytes() saw it, copied unchanged.
+  void add_field_bytes(std::string_view field) { bytes_.append(field.data(), field.size()); }
 
   const std::string& bytes() const { return bytes_; }
   void clear() { bytes_.clear(); }
@@ -202,6 +210,7 @@ class ProtoReader {
   /// Advances to the next field; false at the end or on malformed input. Afterwards field() is
   /// its number and, by wire type, varint() or bytes() its value (fixed-size values are skipped).
   bool next() {
+    field_begin_ = at_;
     std::uint64_t key = 0;
     if (!read_varint(key)) return false;
     field_ = static_cast<int>(key >> 3);
@@ -222,6 +231,10 @@ class ProtoReader {
   int field() const { return field_; }
   std::uint64_t varint() const { return varint_; }
   std::string_view bytes() const { return value_; }
+  /// The whole field, key included, as it appears in the message.
+  std::string_view field_bytes() const {
+    return bytes_.substr(field_begin_, at_ - field_begin_);
+  }
 
  private:
   bool read_varint(std::uint64_t& value) {
@@ -241,6 +254,7 @@ class ProtoReader {
 
   std::string_view bytes_;
   std::size_t at_ = 0;
+  std::size_t field_begin_ = 0;  // where the field next() read last starts
   int field_ = 0;
   std::uint64_t varint_ = 0;
   std::string_view value_;
@@ -403,6 +417,42 @@ inline std::string sentencepiece_model_proto(const TokenizerVocab& vocab) {
   return model.bytes();
 }
 
+// The ModelProto `model_proto` (one SentencePiece has parsed, so well formed) with every
+// user-defined piece made a control piece, for Tokenizer::encode_plain; nothing when it has no
+// user-defined piece. SentencePiece matches user-defined pieces in the input before anything
+// else, but never control ones, and BPE never merges into a control piece: the rewritten model
+// reads the text of such a piece as if the piece were not in the vocabulary. No user-defined
+// piece shares its text with a control, unknown or byte piece (which SentencePiece would refuse
+// here): SentencePiece decodes such a piece as the other one, so the Tokenizer refused the model
+// before it asks for this. Every other field is copied unchanged.
+inline std::optional<std::string> plain_text_model_proto(std::string_view model_proto) {
+  auto piece_type = [](std::string_view piece) {
+    std::int32_t type = spm::kTypeNormal;  // proto2's default when the field is absent
+    for (ProtoReader r(piece); r.next();) {
+      if (r.field() == spm::kPieceType) type = static_cast<std::int32_t>(r.varint());
+    }
+    return type;
+  };
+  ProtoWriter out;
+  ProtoWriter piece;
+  bool any_user_defined = false;
+  for (ProtoReader model(model_proto); model.next();) {
+    if (model.field() != spm::kModelPieces || piece_type(model.bytes()) != spm::kTypeUserDefined) {
+      out.add_field_bytes(model.field_bytes());
+      continue;
+    }
+    any_user_defined = true;
+    piece.clear();
+    for (ProtoReader r(model.bytes()); r.next();) {
+      if (r.field() != spm::kPieceType) piece.add_field_bytes(r.field_bytes());
+    }
+    piece.add_int32(spm::kPieceType, spm::kTypeControl);
+    out.add_bytes(spm::kModelPieces, piece.bytes());
+  }
+  if (!any_user_defined) return std::nullopt;
+  return out.bytes();
+}
+
 }  // namespace detail
 
 class StreamingDecoder;
@@ -436,10 +486,19 @@ class Tokenizer {
   static Tokenizer from_vocab(const TokenizerVocab& vocab, const std::string& source);
 
   /// The ids of `text`, after BOS if `add_bos` and followed by EOS if `add_eos`. Text that spells
-  /// a control piece ("<s>") is encoded as text, never as that token.
+  /// a control piece ("<s>") is encoded as text, never as that token; text that spells a
+  /// user-defined piece becomes that piece, as in SentencePiece and llama.cpp.
   /// @throws Error (kTokenizer) if SentencePiece fails, or BOS/EOS is asked for and the model
   ///         has none.
   std::vector<Token> encode(std::string_view text, bool add_bos, bool add_eos = false) const;
+
+  /// The ids of `text` read as plain text: no control or user-defined piece comes out, so text
+  /// that spells a chat marker ("<end_of_turn>") stays text even where the vocabulary marks the
+  /// marker user-defined (as older GGUF conversions and Gemma's tokenizer.model do), which
+  /// encode() would match. For text that spells no user-defined piece, the same ids as
+  /// encode(text, false), leading dummy-prefix '▁' included when the model adds one.
+  /// @throws Error (kTokenizer) if SentencePiece fails.
+  std::vector<Token> encode_plain(std::string_view text) const;
 
   /// The text of `tokens`, exactly as SentencePiece decodes it.
   /// @throws Error (kInvalidArgument) naming the first id outside [0, vocab_size);
@@ -465,6 +524,10 @@ class Tokenizer {
   /// Byte-fallback tokens (<0xNN>) stand for one byte of UTF-8.
   bool is_byte(Token id) const;
 
+  /// The Jinja chat template of the GGUF file the vocabulary came from (tokenizer.chat_template);
+  /// empty for a .model file or a file without one. See chat_template.hpp.
+  const std::string& chat_template() const { return chat_template_; }
+
   /// The vocabulary as a GGUF file embeds it (what quantize writes beside the weights). For a
   /// .model file the piece types are SentencePiece's (0.1.97 cannot report user-defined pieces:
   /// they read as normal) and the normalizer flags are the model's.
@@ -479,8 +542,16 @@ class Tokenizer {
   bool in_vocab(Token token) const { return token >= 0 && token < vocab_size(); }
   [[noreturn]] void throw_not_in_vocab(Token token, const std::string& where) const;
   std::string decode_ids(const std::vector<int>& ids) const;
+  static std::vector<Token> encode_with(const sentencepiece::SentencePieceProcessor& processor,
+                                        std::string_view text);
+  // Sets plain_processor_ from the model `processor_` was loaded from.
+  void load_plain_processor(std::string_view model_proto, const std::string& path);
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  // The same model with its user-defined pieces made control ones (detail::plain_text_model_proto),
+  // for encode_plain; null when the model has none, and encode_plain uses processor_. For a model
+  // with user-defined pieces this costs about as much memory as processor_ again.
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> plain_processor_;
   std::vector<detail::TokenText> texts_;  // [vocab_size]
   // SentencePiece's own bos_id()/eos_id() for a .model; the vocabulary's for from_vocab, which
   // may name a token SentencePiece would not (it reports only control pieces).
@@ -490,6 +561,7 @@ class Tokenizer {
   bool add_eos_ = false;
   bool add_space_prefix_ = true;          // the normalizer's add_dummy_prefix
   bool remove_extra_whitespaces_ = true;  // the normalizer's, as written or proto2's default
+  std::string chat_template_;             // TokenizerVocab::chat_template; empty for a .model
   // True if SentencePiece keeps dropping leading '▁'s until a piece produces text (models with
   // remove_extra_whitespaces): [▁, ▁Once] reads "Once". False if it drops only the first: " Once".
   bool drops_spaces_until_text_ = false;
@@ -544,6 +616,7 @@ inline Tokenizer Tokenizer::load(const std::string& path) {
                                            "' is not a SentencePiece model: " + status.ToString());
   }
   Tokenizer tokenizer(std::move(processor), path);
+  tokenizer.load_plain_processor(bytes, path);
   tokenizer.add_bos_ = tokenizer.bos_ >= 0;  // as llama.cpp assumes, when there is a BOS
   detail::ProtoReader model(bytes);  // SentencePiece has just parsed it: it is well formed
   while (model.next()) {
@@ -581,27 +654,45 @@ inline TokenizerVocab Tokenizer::vocab() const {
   v.add_eos = add_eos_;
   v.add_space_prefix = add_space_prefix_;
   v.remove_extra_whitespaces = remove_extra_whitespaces_;
+  v.chat_template = chat_template_;
   return v;
 }
 
 inline Tokenizer Tokenizer::from_vocab(const TokenizerVocab& vocab, const std::string& source) {
   detail::check_vocab(vocab, source);
   auto processor = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  const sentencepiece::util::Status status =
-      processor->LoadFromSerializedProto(detail::sentencepiece_model_proto(vocab));
+  const std::string model_proto = detail::sentencepiece_model_proto(vocab);
+  const sentencepiece::util::Status status = processor->LoadFromSerializedProto(model_proto);
   if (!status.ok()) {
     throw Error(ErrorCode::kTokenizer, "tokenizer: '" + source +
                                            "': SentencePiece refuses the vocabulary: " +
                                            status.ToString());
   }
   Tokenizer tokenizer(std::move(processor), source);
+  tokenizer.load_plain_processor(model_proto, source);
   tokenizer.bos_ = vocab.bos;
   tokenizer.eos_ = vocab.eos;
   tokenizer.add_bos_ = vocab.add_bos;
   tokenizer.add_eos_ = vocab.add_eos;
   tokenizer.add_space_prefix_ = vocab.add_space_prefix;
   tokenizer.remove_extra_whitespaces_ = vocab.remove_extra_whitespaces;
+  tokenizer.chat_template_ = vocab.chat_template;
   return tokenizer;
+}
+
+inline void Tokenizer::load_plain_processor(std::string_view model_proto,
+                                            const std::string& path) {
+  const std::optional<std::string> plain = detail::plain_text_model_proto(model_proto);
+  if (!plain) return;
+  plain_processor_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  const sentencepiece::util::Status status = plain_processor_->LoadFromSerializedProto(*plain);
+  if (!status.ok()) {
+    throw Error(ErrorCode::kTokenizer,
+                "tokenizer: '" + path +
+                    "': SentencePiece refuses the model with its user-defined pieces made "
+                    "control pieces: " +
+                    status.ToString());
+  }
 }
 
 inline Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> processor,
@@ -669,13 +760,23 @@ inline bool Tokenizer::is_byte(Token id) const {
   return processor_->IsByte(id);
 }
 
-inline std::vector<Token> Tokenizer::encode(std::string_view text, bool add_bos,
-                                            bool add_eos) const {
+inline std::vector<Token> Tokenizer::encode_with(
+    const sentencepiece::SentencePieceProcessor& processor, std::string_view text) {
   std::vector<Token> ids;
-  const sentencepiece::util::Status status = processor_->Encode(text, &ids);
+  const sentencepiece::util::Status status = processor.Encode(text, &ids);
   if (!status.ok()) {
     throw Error(ErrorCode::kTokenizer, "tokenizer: encode failed: " + status.ToString());
   }
+  return ids;
+}
+
+inline std::vector<Token> Tokenizer::encode_plain(std::string_view text) const {
+  return encode_with(plain_processor_ ? *plain_processor_ : *processor_, text);
+}
+
+inline std::vector<Token> Tokenizer::encode(std::string_view text, bool add_bos,
+                                            bool add_eos) const {
+  std::vector<Token> ids = encode_with(*processor_, text);
   if (add_bos) {
     if (bos() < 0) throw Error(ErrorCode::kTokenizer, "tokenizer: the model has no BOS token");
     ids.insert(ids.begin(), bos());

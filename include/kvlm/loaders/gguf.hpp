@@ -198,7 +198,8 @@ inline ModelConfig read_config(const GgufFile& f) {
 /// The tokenizer a GGUF file embeds (tokenizer.ggml.*), checked: scores (default 0) and
 /// token_type (default 1, normal; values 0..6) have one entry per token, and every special id is
 /// a token or absent / 0xFFFFFFFF / -1 (none). The model name is not checked here (the Tokenizer
-/// refuses models it cannot run). Works on vocab-only files with no tensors.
+/// refuses models it cannot run). tokenizer.chat_template, if present, must be a string (the
+/// reader bounds its length like every string's). Works on vocab-only files with no tensors.
 /// @throws Error(kFormat) if tokenizer.ggml.model or .tokens is missing, or anything is wrong.
 inline TokenizerVocab read_vocab(const GgufFile& f) {
   const std::string p = "tokenizer.ggml.";
@@ -255,6 +256,7 @@ inline TokenizerVocab read_vocab(const GgufFile& f) {
   v.add_space_prefix = f.find_bool(p + "add_space_prefix").value_or(v.add_space_prefix);
   v.remove_extra_whitespaces =
       f.find_bool(p + "remove_extra_whitespaces").value_or(v.remove_extra_whitespaces);
+  v.chat_template = f.find_string("tokenizer.chat_template").value_or("");
   return v;
 }
 

@@ -42,6 +42,8 @@ struct TokenizerVocab {
   bool add_eos = false;                  // tokenizer.ggml.add_eos_token
   bool add_space_prefix = true;          // tokenizer.ggml.add_space_prefix
   bool remove_extra_whitespaces = false; // tokenizer.ggml.remove_extra_whitespaces
+  std::string chat_template{};           // tokenizer.chat_template (Jinja); empty when absent
+                                         // ({}: initializers that stop earlier do not warn)
 };
 
 struct ModelFile {
