@@ -13,6 +13,9 @@
 //   BM_SessionReprefill/512, BM_SessionFork/512, BM_SessionLoad/512  three ways to get a session
 //       holding a 512-token prompt on that shape.
 //   BM_KvTypeDecode/<type>  decode steps at position 2048 with each KV cache type.
+//   BM_BatchedDecode/<shape>/<B>  B sessions decoding together through one Batcher: aggregate
+//       and per-session tok/s (stories110M's shape, and tinyllama-1.1b F32/Q4_0 from
+//       $KVLM_BENCH_MODELS).
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
@@ -28,6 +31,8 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "kvlm/kvlm.hpp"
@@ -371,6 +376,68 @@ BENCHMARK(BM_KvTypeDecode)
     ->Arg(static_cast<int>(kvlm::DType::kBF16))->Arg(static_cast<int>(kvlm::DType::kQ8_0))
     ->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// B sessions, each on a host thread of its own, decoding kSteps greedy tokens after an 8-token
+// prompt through one Batcher; items are all sessions' tokens (aggregate tok/s).
+void batched_decode(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
+                    int n_sessions) {
+  constexpr int kPrompt = 8, kSteps = 16;
+  kvlm::SessionOptions o;
+  o.max_seq_len = kPrompt + kSteps;
+  o.max_batch = kPrompt;
+  o.batcher = std::make_shared<kvlm::Batcher>(model);
+  std::vector<std::unique_ptr<kvlm::Session>> sessions;
+  for (int i = 0; i < n_sessions; ++i) {
+    sessions.push_back(std::make_unique<kvlm::Session>(model, o));
+    sessions.back()->prefill(prompt_of(kPrompt, model->config().vocab_size));
+  }
+  for (auto _ : state) {
+    std::vector<std::thread> threads;
+    for (auto& session : sessions) {
+      threads.emplace_back([&session] {
+        kvlm::Span<const float> logits = session->step(1);
+        for (int i = 1; i < kSteps; ++i) logits = session->step(argmax(logits));
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    state.PauseTiming();
+    for (auto& session : sessions) session->rewind(kSteps);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations() * n_sessions * kSteps);
+  state.counters["sessions"] = n_sessions;
+  const kvlm::Batcher::Stats stats = o.batcher->stats();
+  state.counters["rows_per_pass"] = static_cast<double>(stats.rows) / static_cast<double>(stats.passes);
+  state.counters["per_session_tok_s"] = benchmark::Counter(
+      static_cast<double>(kSteps), benchmark::Counter::kIsIterationInvariantRate);
+  add_context(state, o.batcher->options().n_threads > 0 ? o.batcher->options().n_threads
+                                                        : kvlm::detail::hardware_threads());
+}
+
+void register_batched_benchmarks() {
+  std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>> models =
+      {{"stories110M-F32", [] { return stories110m(); }}};
+  if (const char* dir = std::getenv("KVLM_BENCH_MODELS"); dir != nullptr && *dir != '\0') {
+    for (const char* name : {"tinyllama-1.1b-F32", "tinyllama-1.1b-Q4_0"}) {
+      const std::string path = std::string(dir) + "/" + name + ".gguf";
+      if (!std::ifstream(path).good()) continue;
+      auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();
+      models.emplace_back(name, [path, cached] {
+        if (!*cached) *cached = kvlm::Model::load(path);
+        return *cached;
+      });
+    }
+  }
+  for (const auto& [name, model] : models) {
+    for (int b : {1, 2, 4, 8, 16}) {
+      benchmark::RegisterBenchmark(("BM_BatchedDecode/" + name + "/" + std::to_string(b)).c_str(),
+                                   [model = model, b](benchmark::State& s) {
+                                     batched_decode(s, model(), b);
+                                   })
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+    }
+  }
+}
+
 // Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
 // <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M) (scripts/bench-types writes them with random_gguf), each as
 // BM_TypeDecode/<file> (16 tokens after a 128-token prompt, against the bandwidth roofline) and
@@ -408,6 +475,7 @@ void register_type_benchmarks() {
 
 int main(int argc, char** argv) {
   register_type_benchmarks();
+  register_batched_benchmarks();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -128,8 +128,8 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
 }
 
 // Weights of every stored type: the product must equal the plain loop over the exactly
-// dequantized weights. Up to MatmulScratch::kMaxGemvTokens tokens it runs the gemv kernels, which
-// for Q4_0 take the activations rounded to 8-bit blocks: each x_i moves by at most half a
+// dequantized weights. Up to MatmulScratch::kMaxGemvTokens tokens it runs the gemv kernels,
+// which for Q4_0 take the activations rounded to 8-bit blocks: each x_i moves by at most half a
 // step d = amax / 127 of its block (plus the float16 rounding of d, 127 * 2^-11 d), so the error
 // is bounded by sum_i |w_i| * 0.57 d. Every other case computes in float: kMatmulRelTolerance.
 class OpsTypedMatmul : public ::testing::TestWithParam<std::tuple<DType, int, int>> {};
@@ -179,12 +179,37 @@ INSTANTIATE_TEST_SUITE_P(
     OpsTypes, OpsTypedMatmul,
     ::testing::Combine(::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0,
                                          DType::kQ4_0),
-                       ::testing::Values(1, 3, 4, 5, 40), ::testing::Values(1, 2)),
+                       ::testing::Values(1, 3, 4, 5, 40, 70), ::testing::Values(1, 2)),
     [](const ::testing::TestParamInfo<OpsTypedMatmul::ParamType>& info) {
       return std::string(to_string(std::get<0>(info.param))) + "_tokens" +
              std::to_string(std::get<1>(info.param)) + "_threads" +
              std::to_string(std::get<2>(info.param));
     });
+
+// Non-F32 weights, up to kMaxGemvTokens tokens: each token's outputs are exactly those of the
+// token alone, whatever the others (what lets sessions decode together and get what each gets
+// alone). Rows span more than one kGemvTileRows tile.
+TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
+  const std::int64_t in = 256, out = 150, n_tokens = MatmulScratch::kMaxGemvTokens;
+  const Tensor<float> x = random_tensor(n_tokens, in, 30);
+  const Tensor<float> w = random_tensor(out, in, 31);
+  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
+    for (std::int64_t r = 0; r < out; ++r) {
+      kernels::scalar::from_float(type, w.view().row(r), stored.data() + r * row_bytes(type, in), in);
+    }
+    const WeightView wv{type, out, in, stored.data()};
+    Tensor<float> batch({n_tokens, out}), alone({1, out});
+    MatmulScratch scratch(n_tokens, in, 2);
+    matmul(x.view(), wv, batch.view(), scratch, 2);
+    for (std::int64_t t = 0; t < n_tokens; t += 7) {
+      matmul(x.view().rows_slice(t, 1), wv, alone.view(), scratch, 1);
+      for (std::int64_t r = 0; r < out; ++r) {
+        ASSERT_EQ(batch.view().row(t)[r], alone.view().row(0)[r]) << to_string(type) << " token " << t << " row " << r;
+      }
+    }
+  }
+}
 
 // Shapes that are and are not multiples of the 16-row grain; the last of each group is large
 // enough (n_tokens * in * out >= kMinParallelWork) that two threads really split the rows.

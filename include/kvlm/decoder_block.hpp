@@ -1,6 +1,8 @@
 #pragma once
 // One Llama decoder layer: RMSNorm -> attention (with RoPE and the KV cache) -> residual ->
-// RMSNorm -> SwiGLU MLP -> residual, over a batch of n_tokens consecutive tokens.
+// RMSNorm -> SwiGLU MLP -> residual, over a batch of rows that may belong to several sequences,
+// each with its own cache and position: the weight products run once over all the rows, RoPE
+// and attention per sequence.
 
 #include <algorithm>
 #include <cstdint>
@@ -8,7 +10,9 @@
 #include "kvlm/attention.hpp"
 #include "kvlm/config.hpp"
 #include "kvlm/matmul.hpp"
+#include "kvlm/kv_cache.hpp"
 #include "kvlm/ops.hpp"
+#include "kvlm/span.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
@@ -26,13 +30,13 @@ struct BlockWeights {
   WeightView w_up;                    // [hidden_dim, dim]   (w3)
 };
 
-/// Activations for a batch of up to max_batch tokens, allocated once per session.
+/// Activations for a batch of up to max_batch rows, allocated once per session or batcher.
 struct BlockScratch {
   BlockScratch(const ModelConfig& config, int max_batch, int n_threads, DType cache_type)
       : xb({max_batch, config.dim}),
         q({max_batch, config.q_dim()}),
-        k(cache_type == DType::kF32 ? Tensor<float>() : Tensor<float>({max_batch, config.kv_dim()})),
-        v(cache_type == DType::kF32 ? Tensor<float>() : Tensor<float>({max_batch, config.kv_dim()})),
+        k({max_batch, config.kv_dim()}),
+        v({max_batch, config.kv_dim()}),
         att({max_batch, config.q_dim()}),
         gate({max_batch, config.hidden_dim}),
         up({max_batch, config.hidden_dim}),
@@ -46,8 +50,8 @@ struct BlockScratch {
 
   Tensor<float> xb;      // [max_batch, dim]: normed input, then each sublayer's output
   Tensor<float> q;       // [max_batch, n_heads * head_dim]
-  Tensor<float> k;       // [max_batch, n_kv_heads * head_dim] before it is stored in a non-F32
-  Tensor<float> v;       // cache (an F32 cache takes them in place); empty for F32
+  Tensor<float> k;       // [max_batch, n_kv_heads * head_dim], until stored in the caches
+  Tensor<float> v;       // [max_batch, n_kv_heads * head_dim]
   Tensor<float> att;     // [max_batch, n_heads * head_dim]
   Tensor<float> gate;    // [max_batch, hidden_dim]
   Tensor<float> up;      // [max_batch, hidden_dim]
@@ -55,32 +59,44 @@ struct BlockScratch {
   MatmulScratch matmul;  // quantized activations and dequantized weight tiles
 };
 
-/// Runs one layer over tokens at positions [start_pos, start_pos + n_tokens), n_tokens = x.rows().
-///   x:      [n_tokens, dim], the residual stream, updated in place
-///   keys, values: this layer's cache, [max_seq_len, n_kv_heads * head_dim]; rows
-///           [start_pos, start_pos + n_tokens) are written, rows [0, start_pos) must hold the prefix
-inline void decoder_block(const ModelConfig& config, const BlockWeights& w, const RopeTable& rope_table,
-                          int start_pos, TensorView<float> x, const KVRows& keys,
-                          const KVRows& values, BlockScratch& scratch, int n_threads) {
+/// The rows of a batch that continue one sequence: rows [row, row + n) of the batch are its tokens
+/// at positions [start_pos, start_pos + n); cache holds its keys and values (rows [0, start_pos)
+/// of every layer the prefix's), rope the angles up to its context length.
+struct SequenceRows {
+  std::int64_t row = 0;
+  std::int64_t n = 0;
+  int start_pos = 0;
+  const KVCache* cache = nullptr;
+  const RopeTable* rope = nullptr;
+};
+
+/// Runs layer `layer` over a batch: x: [rows, dim], the residual stream, updated in place, where
+/// `sequences` cover rows [0, rows) in order. Each sequence's K/V rows are written into its cache
+/// at its positions, and its tokens attend over their own cache only.
+inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int layer,
+                          Span<const SequenceRows> sequences, TensorView<float> x,
+                          BlockScratch& scratch, int n_threads) {
   const std::int64_t n = x.rows();
   auto xb = scratch.xb.view().rows_slice(0, n);
   auto q = scratch.q.view().rows_slice(0, n);
+  auto k = scratch.k.view().rows_slice(0, n);
+  auto v = scratch.v.view().rows_slice(0, n);
   auto att = scratch.att.view().rows_slice(0, n);
-  // [n_tokens, n_kv_heads * head_dim]: in the cache itself when it stores F32
-  const bool in_place = keys.type == DType::kF32;
-  auto k_new = in_place ? keys.f32().rows_slice(start_pos, n) : scratch.k.view().rows_slice(0, n);
-  auto v_new = in_place ? values.f32().rows_slice(start_pos, n) : scratch.v.view().rows_slice(0, n);
 
   rms_norm(x, w.attn_norm, config.norm_eps, xb);
-  matmul(xb, {{w.wq, q}, {w.wk, k_new}, {w.wv, v_new}}, scratch.matmul, n_threads);
-  rope(q, config.head_dim, start_pos, rope_table);
-  rope(k_new, config.head_dim, start_pos, rope_table);
-  if (!in_place) {
-    keys.store(start_pos, k_new);
-    values.store(start_pos, v_new);
-  }
+  matmul(xb, {{w.wq, q}, {w.wk, k}, {w.wv, v}}, scratch.matmul, n_threads);
   const AttentionShape shape{config.n_heads, config.n_kv_heads, config.head_dim};
-  attention(q, keys, values, shape, start_pos, scratch.attention, att, n_threads);
+  for (const SequenceRows& s : sequences) {
+    KVLM_ASSERT(s.row + s.n <= n);
+    auto q_s = q.rows_slice(s.row, s.n), k_s = k.rows_slice(s.row, s.n);
+    rope(q_s, config.head_dim, s.start_pos, *s.rope);
+    rope(k_s, config.head_dim, s.start_pos, *s.rope);
+    const KVRows keys = s.cache->keys(layer), values = s.cache->values(layer);
+    keys.store(s.start_pos, k_s);
+    values.store(s.start_pos, v.rows_slice(s.row, s.n));
+    attention(q_s, keys, values, shape, s.start_pos, scratch.attention, att.rows_slice(s.row, s.n),
+              n_threads);
+  }
   matmul(att, w.wo, xb, scratch.matmul, n_threads);
   add_in_place(x, xb);
 

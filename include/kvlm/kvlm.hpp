@@ -3,11 +3,13 @@
 // This umbrella header includes the whole public API.
 
 #include "kvlm/attention.hpp"
+#include "kvlm/batch.hpp"
 #include "kvlm/chat_template.hpp"
 #include "kvlm/config.hpp"
 #include "kvlm/decoder_block.hpp"
 #include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/forward.hpp"
 #include "kvlm/gguf/reader.hpp"
 #include "kvlm/gguf/writer.hpp"
 #include "kvlm/kernels/kernels.hpp"

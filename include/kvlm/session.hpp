@@ -39,12 +39,13 @@
 #include <vector>
 
 #include "kvlm/config.hpp"
-#include "kvlm/decoder_block.hpp"
+#include "kvlm/batch.hpp"
 #include "kvlm/detail/checked.hpp"
 #include "kvlm/detail/hash.hpp"
 #include "kvlm/detail/parallel.hpp"
 #include "kvlm/detail/regular_file.hpp"
 #include "kvlm/error.hpp"
+#include "kvlm/forward.hpp"
 #include "kvlm/kv_cache.hpp"
 #include "kvlm/matmul.hpp"
 #include "kvlm/model.hpp"
@@ -85,6 +86,10 @@ struct SessionOptions {
   /// true the call throws Error(kCancelled) and the session is as before the call (but for a
   /// context shift the call made). Set it per call by having it read a flag the host sets.
   std::function<bool()> cancel;
+  /// Runs this session's forward passes together with those of the other sessions that share
+  /// the batcher (which must serve the same Model): see batch.hpp. Its calls and tokens are the
+  /// same as without; `cancel` is then asked before each pass rather than each layer.
+  std::shared_ptr<Batcher> batcher;
 };
 
 /// How generate() reads its prompt.
@@ -335,8 +340,7 @@ class Session {
         cache_({config_.n_layers, max_seq_len_, config_.n_kv_heads, config_.head_dim,
                 options_.kv_type}),
         rope_table_(config_.head_dim, max_seq_len_, config_.rope_theta),
-        x_({batch_, config_.dim}),
-        scratch_(config_, batch_, n_threads_, options_.kv_type),
+        scratch_(config_, batch_, n_threads_, options_.kv_type, 0),
         logits_({config_.vocab_size}),
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
@@ -374,6 +378,9 @@ class Session {
                       std::to_string(detail::kMaxThreads) + "] (0 = every core)");
     }
     check_kv_type(options.kv_type, model.config().kv_dim());
+    if (options.batcher && &options.batcher->model() != &model) {
+      throw Error(ErrorCode::kInvalidArgument, "the batcher serves another model");
+    }
     if (options.max_seq_len == 0) options.max_seq_len = model.config().max_seq_len;
     if (options.n_threads == 0) options.n_threads = detail::hardware_threads();
     // A shift must be able to drop something.
@@ -469,7 +476,7 @@ class Session {
   void shift(int n_discard) {
     const int n_keep = std::min(options_.n_keep, position());
     const int n_moved = position() - n_keep - n_discard;
-    TensorView<float> row(scratch_.q.data(), {1, config_.kv_dim()});
+    TensorView<float> row(scratch_.block.q.data(), {1, config_.kv_dim()});
     cache_.shift(n_keep, n_discard, n_moved, rope_table_, row);
     tokens_.erase(tokens_.begin() + n_keep, tokens_.begin() + n_keep + n_discard);
     shifted_ += n_discard;
@@ -525,29 +532,19 @@ class Session {
     logits_valid_ = true;
   }
 
-  // The forward pass over tokens_[start_pos, end_pos), in chunks of at most batch_ tokens:
-  // embed, the decoder blocks (each writes K/V at the chunk's positions and attends over
-  // [0, chunk end)), then the final norm and classifier for the rows whose logits are wanted.
+  // The forward pass over tokens_[start_pos, end_pos), writing the logits after the last
+  // n_logits of them: by the batcher, beside other sessions, or here in chunks of batch_ tokens.
   void forward(int start_pos, int end_pos, int n_logits, TensorView<float> logits) {
-    const int first_logit = end_pos - n_logits;  // position whose logits go to row 0
-    for (int chunk = start_pos; chunk < end_pos; chunk += batch_) {
-      const int n = std::min(batch_, end_pos - chunk);
-      TensorView<float> x = x_.view().rows_slice(0, n);  // [n, dim]
-      embed(tokens_.data() + chunk, model_->token_embedding(), x);
-      for (int l = 0; l < config_.n_layers; ++l) {
-        if (options_.cancel && options_.cancel()) {
-          throw Error(ErrorCode::kCancelled, "cancelled by the host");
-        }
-        decoder_block(config_, model_->block(l), rope_table_, chunk, x, cache_.keys(l),
-                      cache_.values(l), scratch_, n_threads_);
-      }
-      const int begin = std::max(chunk, first_logit);
-      if (begin >= chunk + n) continue;
-      const int rows = chunk + n - begin;
-      TensorView<float> normed = scratch_.xb.view().rows_slice(0, rows);
-      rms_norm(x.rows_slice(begin - chunk, rows), model_->final_norm(), config_.norm_eps, normed);
-      matmul(normed, model_->classifier(), logits.rows_slice(begin - first_logit, rows),
-             scratch_.matmul, n_threads_);
+    SequenceChunk rest{tokens_.data() + start_pos, start_pos, end_pos - start_pos, n_logits,
+                       logits.data(), &cache_, &rope_table_};
+    if (options_.batcher) {
+      options_.batcher->run(rest, options_.cancel);
+      return;
+    }
+    while (rest.n > 0) {
+      const SequenceChunk chunk = split_front(rest, batch_, config_.vocab_size);
+      kvlm::forward(*model_, Span<const SequenceChunk>(&chunk, 1), scratch_, n_threads_,
+                    options_.cancel);
     }
   }
 
@@ -607,8 +604,7 @@ class Session {
   std::vector<Token> tokens_;       // [position()], capacity max_seq_len
   KVCache cache_;                   // per layer [max_seq_len, n_kv_heads * head_dim], K and V
   RopeTable rope_table_;            // [max_seq_len, head_dim / 2, 2]
-  Tensor<float> x_;                 // [batch, dim]: the residual stream
-  BlockScratch scratch_;            // per-layer activations for up to batch tokens
+  ForwardScratch scratch_;          // the residual stream and activations for up to batch tokens
   Tensor<float> logits_;            // [vocab_size]: after the last token run
   bool logits_valid_ = false;       // logits_ belong to the current last token
   Sampler sampler_;                 // the session's random stream; options set per call
@@ -628,14 +624,14 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   const auto f32 = [](std::int64_t n) { return static_cast<std::size_t>(n) * sizeof(float); };
   const std::int64_t batch = batch_rows(o), seq = o.max_seq_len, threads = o.n_threads;
   const std::int64_t kv_dim = c.kv_dim();
-  const bool f32_cache = o.kv_type == DType::kF32;
   const std::int64_t max_in = std::max({c.dim, c.q_dim(), c.hidden_dim});
   std::size_t bytes = 2 * static_cast<std::size_t>(c.n_layers) * static_cast<std::size_t>(seq) *
                       row_bytes(o.kv_type, kv_dim);             // the KV cache
   bytes += f32(seq * c.head_dim);                               // RoPE table
   bytes += f32(batch * c.dim);                                  // x
   bytes += f32(batch * (c.dim + 2 * c.q_dim() + 2 * c.hidden_dim));  // xb, q, att, gate, up
-  if (!f32_cache) bytes += f32(2 * batch * kv_dim);             // k, v before they are stored
+  bytes += f32(2 * batch * kv_dim);                             // k, v before they are stored
+  bytes += static_cast<std::size_t>(batch) * sizeof(SequenceRows);  // where a pass's rows go
   bytes += AttentionScratch::bytes_needed(o.n_threads, c.group(), kv_dim, o.kv_type);
   bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(BlockQ8_0);
   bytes += static_cast<std::size_t>(batch * ((max_in + 255) / 256)) * sizeof(BlockQ8_K);
@@ -648,7 +644,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
 }
 
 inline std::size_t Session::memory_bytes() const {
-  return cache_.byte_size() + rope_table_.byte_size() + x_.byte_size() + scratch_.byte_size() +
+  return cache_.byte_size() + rope_table_.byte_size() + scratch_.byte_size() +
          logits_.byte_size() + tokens_.capacity() * sizeof(Token) + sampler_.byte_size() +
          top_.capacity() * sizeof(TokenLogprob);
 }
