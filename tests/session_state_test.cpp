@@ -451,6 +451,37 @@ TEST_F(Stories, ReplacePromptReusesTheLongestCachedPrefix) {
   EXPECT_EQ(as_vector(s.tokens()), as_vector(fresh.tokens()));
 }
 
+
+// A prompt given as tokens is the same as its text; a stop token ends generation before it, like
+// EOS, and is neither stepped nor streamed.
+TEST_F(Stories, TokenPromptsAndStopTokens) {
+  const std::string prompt = "Once upon a time";
+  GenerateOptions options = sampled(30, 0.0f);
+  Session by_text(model_), by_tokens(model_);
+  std::string text;
+  run(by_text, prompt, options, &text);
+  const std::vector<Token> prompt_tokens = model_->tokenizer().encode(prompt, true);
+  by_tokens.generate(prompt_tokens, options, nullptr);
+  EXPECT_EQ(as_vector(by_tokens.tokens()), as_vector(by_text.tokens()));
+
+  // The first generated token that does not occur earlier becomes a stop token.
+  const std::vector<Token> all = as_vector(by_text.tokens());
+  std::size_t at = prompt_tokens.size() + 3;
+  while (std::find(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(at), all[at]) !=
+         all.begin() + static_cast<std::ptrdiff_t>(at)) {
+    ++at;
+  }
+  options.stop_tokens = {all[at]};
+  Session stopped(model_);
+  std::string stopped_text;
+  const GenerateResult r = run(stopped, prompt, options, &stopped_text);
+  EXPECT_EQ(r.stop_reason, StopReason::kEndOfSequence);
+  EXPECT_EQ(r.generated_tokens, static_cast<int>(at - prompt_tokens.size()));
+  EXPECT_EQ(as_vector(stopped.tokens()), std::vector<Token>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(at)));
+  EXPECT_EQ(stopped_text, model_->tokenizer().decode(std::vector<Token>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(at))).substr(prompt.size()));
+  EXPECT_TRUE(throws_error([&] { stopped.generate(std::vector<Token>{9999}, options, nullptr); },
+                           ErrorCode::kInvalidArgument, {"9999"}));
+}
 TEST_F(Stories, LoadRefusesOtherModelsAndDamagedFilesAndChangesNothing) {
   Session original(model_);
   run(original, "Once upon a time", sampled(10));

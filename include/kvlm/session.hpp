@@ -118,6 +118,9 @@ struct GenerateOptions {
   int max_new_tokens = 256;
   SamplerOptions sampler;  // its seed starts the session's random stream (see Session::reseed)
   std::vector<std::string> stop;  // generation ends before the first of these strings
+  // Tokens that end generation as EOS does, not stepped and not streamed: a chat format's end of
+  // turn (chat_stop_tokens()). EOS and BOS always end it.
+  std::vector<Token> stop_tokens;
   PromptMode prompt_mode = PromptMode::kAppend;
   int top_logprobs = 0;  // alternatives each TokenEvent carries, at most kMaxTopLogprobs
   /// Called for each sampled token before its text goes to on_piece; false stops generating.
@@ -127,7 +130,8 @@ struct GenerateOptions {
 };
 
 enum class StopReason {
-  kEndOfSequence,  // the model produced EOS (or BOS, which llama2.c models emit between stories)
+  kEndOfSequence,  // the model produced EOS, a stop token, or BOS (which llama2.c models emit
+                   // between stories)
   kMaxNewTokens,
   kStopString,
   kContextFull,
@@ -219,6 +223,11 @@ class Session {
   ///         fit, kInvalidArgument for bad options, kCancelled, or whatever a callback throws.
   ///         The session is then as before the call (but see kReplace at the top of this file).
   GenerateResult generate(std::string_view prompt, const GenerateOptions& options,
+                          const PieceCallback& on_piece);
+  /// As above, for a prompt already in tokens (a rendered chat, say): they are taken as they are,
+  /// BOS included or not; an empty prompt on an empty session starts from BOS.
+  /// @throws Error as above, and kInvalidArgument for an id outside the vocabulary.
+  GenerateResult generate(Span<const Token> prompt, const GenerateOptions& options,
                           const PieceCallback& on_piece);
 
   /// Tokens in the cache; the next token goes at this position.
@@ -675,6 +684,13 @@ inline float Session::logprob(Span<const float> logits, Token token, int n_top) 
 
 inline GenerateResult Session::generate(std::string_view prompt, const GenerateOptions& options,
                                         const PieceCallback& on_piece) {
+  const Tokenizer& tokenizer = model_->tokenizer();
+  const bool from_start = options.prompt_mode == PromptMode::kReplace || tokens_.empty();
+  return generate(tokenizer.encode(prompt, from_start && tokenizer.add_bos()), options, on_piece);
+}
+
+inline GenerateResult Session::generate(Span<const Token> prompt, const GenerateOptions& options,
+                                        const PieceCallback& on_piece) {
   // Everything that can be refused is checked before anything changes.
   const Tokenizer& tokenizer = model_->tokenizer();
   if (options.max_new_tokens < 0) {
@@ -691,7 +707,7 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
   StopStrings stops(options.stop);
   const bool replace = options.prompt_mode == PromptMode::kReplace;
   const bool from_start = replace || tokens_.empty();
-  std::vector<Token> prompt_tokens = tokenizer.encode(prompt, from_start && tokenizer.add_bos());
+  std::vector<Token> prompt_tokens(prompt.begin(), prompt.end());
   if (prompt_tokens.empty() && from_start) {
     if (tokenizer.bos() < 0) {
       throw Error(ErrorCode::kTokenizer, "an empty prompt needs a BOS token, and the model has none");
@@ -777,7 +793,9 @@ inline GenerateResult Session::generate(std::string_view prompt, const GenerateO
         break;
       }
       const Token token = sampler_.sample(next, tokens_);  // it penalises the last repeat_last_n
-      if (token == tokenizer.eos() || token == tokenizer.bos()) {
+      if (token == tokenizer.eos() || token == tokenizer.bos() ||
+          std::find(options.stop_tokens.begin(), options.stop_tokens.end(), token) !=
+              options.stop_tokens.end()) {
         result.stop_reason = StopReason::kEndOfSequence;
         break;
       }
