@@ -1,7 +1,9 @@
 #pragma once
 // matmul: y = x W^T for weights of any DType, the one door through which the forward pass
 // multiplies by a weight matrix. The type decides what runs behind it:
-//  - F32 weights go to Eigen directly (matrix-vector for one token, matrix-matrix for a batch);
+//  - F32 weights go to Eigen directly for one token (matrix-vector) and for a batch of more
+//    than kMaxF32GemvTokens (matrix-matrix). For 2 to 4 tokens Eigen's packing (a copy of the
+//    weights) costs more than the product, so they take the next path;
 //  - other types, for up to kMaxGemvTokens tokens (decode, and sessions decoding together), run
 //    the type's gemv kernel for every token over tiles of kGemvTileRows rows as stored, which stay
 //    in cache while the tokens pass over them, with the activations quantized once per call
@@ -41,6 +43,10 @@ class MatmulScratch {
   // take one token at a time: on tinyllama-1.1b's shape, prefilling 512 tokens with them ran at
   // 0.60x for Q4_0 and 0.86x for Q4_K_M, though 1.16x for Q8_0's integer dot).
   static constexpr std::int64_t kMaxGemvTokens = 64;
+  // F32 products of 2 up to this many tokens run gemv too. Sessions decoding together on
+  // stories110M's shape (2 threads, aggregate over one session): gemv 1.6x, 2.3x, 3.2x and
+  // Eigen's product 0.8x, 1.6x, 3.6x at 2, 4 and 8 sessions.
+  static constexpr std::int64_t kMaxF32GemvTokens = 4;
   // Rows the tokens pass over at a time: 64 rows of 5632 Q8_0 weights are 380 KB, within L2.
   static constexpr std::int64_t kGemvTileRows = 64;
 
@@ -83,18 +89,11 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
   const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
   Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
       p.y.data() + lo, n_tokens, n, Eigen::OuterStride<>(p.y.cols()));  // [n_tokens, n]
-  if (p.w.dtype == DType::kF32) {
+  const bool f32 = p.w.dtype == DType::kF32;
+  if (f32 && (n_tokens == 1 || n_tokens > MatmulScratch::kMaxF32GemvTokens)) {
     const auto w_part = p.w.f32().rows_slice(lo, n).matrix();  // [n, in]
     if (n_tokens == 1) {
       Eigen::Map<Eigen::VectorXf>(p.y.data() + lo, n).noalias() = w_part * x.vector();
-    } else if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
-      // A few tokens (sessions decoding together): tiles of rows that stay in cache while the
-      // tokens pass over them, so the weights are read from memory once. One product over all
-      // the rows would have Eigen pack (copy) the whole weight matrix first.
-      for (std::int64_t r = 0; r < n; r += MatmulScratch::kGemvTileRows) {
-        const std::int64_t rows = std::min(MatmulScratch::kGemvTileRows, n - r);
-        y_part.middleCols(r, rows).noalias() = x.matrix() * w_part.middleRows(r, rows).transpose();
-      }
     } else {
       y_part.noalias() = x.matrix() * w_part.transpose();
     }
