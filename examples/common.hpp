@@ -1,5 +1,6 @@
 #pragma once
-// What the example programs share: strict command-line parsing and finding a model's tokenizer.
+// What the example programs share: strict command-line parsing (the sampling and session flags
+// among it) and finding a model's tokenizer.
 // Every problem becomes a kvlm::Error (or UsageError) that run_main prints as one line.
 
 #include <cctype>
@@ -11,15 +12,20 @@
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <limits>
+#include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "kvlm/chat_template.hpp"
 #include "kvlm/detail/read_file.hpp"
 #include "kvlm/dtype.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/loaders/model_file.hpp"
+#include "kvlm/session.hpp"
 
 namespace examples {
 
@@ -79,6 +85,83 @@ inline kvlm::DType parse_kv_type(const std::string& flag, const std::string& tex
   throw UsageError(flag + " expects F32, F16, BF16 or Q8_0, not '" + text + "'");
 }
 
+// Usage lines the examples share: the model and tokenizer (-m, -z), and the flags that
+// parse_sampling_flag and parse_session_flag read.
+constexpr const char* kModelUsage =
+    "  -m MODEL          GGUF file, or llama2.c checkpoint (.bin)\n"
+    "  -z TOKENIZER      SentencePiece .model or GGUF file; default: the GGUF's own, or for a\n"
+    "                    .bin the *.model file beside it\n";
+constexpr const char* kSamplingUsage =
+    "  -n MAX_NEW        most tokens to generate (default 256)\n"
+    "  --temp T          temperature, 0 = greedy (default 0.8)\n"
+    "  --top-k K         keep the K most likely tokens, 0 = off (default 40)\n"
+    "  --top-p P         keep the smallest set of mass >= P, 1 = off (default 0.95)\n"
+    "  --min-p P         drop tokens below P x the top probability, 0 = off (default 0.05)\n"
+    "  --repeat-penalty R  penalise recent tokens, 1 = off (default 1)\n"
+    "  --seed S          sampling seed (default: random)\n";
+constexpr const char* kSessionUsage =
+    "  -t THREADS        threads (default: all cores)\n"
+    "  -c CONTEXT        context length (default: the model's; may exceed it)\n"
+    "  --kv-type TYPE    KV cache type: F32 (default), F16, BF16 or Q8_0\n";
+
+// The token budget and the sampler's flags (kSamplingUsage); false for any other flag.
+inline bool parse_sampling_flag(const std::string& flag, Args& args,
+                                kvlm::GenerateOptions& options) {
+  constexpr long long kIntMax = std::numeric_limits<int>::max();
+  kvlm::SamplerOptions& s = options.sampler;
+  if (flag == "-n") options.max_new_tokens = static_cast<int>(parse_int(flag, args.value(flag), 1, kIntMax));
+  else if (flag == "--temp") s.temperature = parse_float(flag, args.value(flag), 0.0f, 1e6f);
+  else if (flag == "--top-k") s.top_k = static_cast<int>(parse_int(flag, args.value(flag), 0, kIntMax));
+  else if (flag == "--top-p") s.top_p = parse_float(flag, args.value(flag), 1e-6f, 1.0f);
+  else if (flag == "--min-p") s.min_p = parse_float(flag, args.value(flag), 0.0f, 1.0f);
+  else if (flag == "--repeat-penalty") s.repeat_penalty = parse_float(flag, args.value(flag), 1e-6f, 1e6f);
+  else if (flag == "--seed") s.seed = static_cast<std::uint64_t>(parse_int(flag, args.value(flag), 0, std::numeric_limits<long long>::max()));
+  else return false;
+  return true;
+}
+
+// Threads, context length and cache type (kSessionUsage); false for any other flag.
+inline bool parse_session_flag(const std::string& flag, Args& args,
+                               kvlm::SessionOptions& options) {
+  if (flag == "-t") options.n_threads = static_cast<int>(parse_int(flag, args.value(flag), 1, 1024));
+  else if (flag == "-c") options.max_seq_len = static_cast<int>(parse_int(flag, args.value(flag), 1, std::numeric_limits<int>::max()));
+  else if (flag == "--kv-type") options.kv_type = parse_kv_type(flag, args.value(flag));
+  else return false;
+  return true;
+}
+
+// The flags generate and chat share: the model and tokenizer (kModelUsage), the token budget and
+// sampler (kSamplingUsage), the session (kSessionUsage) and -v.
+struct GenerationFlags {
+  std::string model_path, tokenizer_path;
+  kvlm::SessionOptions session;
+  kvlm::GenerateOptions generate;
+  bool verbose = false;
+
+  GenerationFlags() { generate.sampler.seed = std::random_device{}(); }
+
+  // Reads `flag` and its value if it is one of these; false for any other flag.
+  bool parse(const std::string& flag, Args& args) {
+    if (parse_sampling_flag(flag, args, generate) || parse_session_flag(flag, args, session)) {
+      return true;
+    }
+    if (flag == "-m") model_path = args.value(flag);
+    else if (flag == "-z") tokenizer_path = args.value(flag);
+    else if (flag == "-v" || flag == "--verbose") verbose = true;
+    else return false;
+    return true;
+  }
+};
+
+// A chat template's name (llama2, llama3, gemma, chatml), for choose_chat_format.
+inline kvlm::ChatFormat parse_chat_template(const std::string& flag, const std::string& text) {
+  try {
+    return kvlm::parse_chat_format(text);
+  } catch (const kvlm::Error& e) {
+    throw UsageError(flag + ": " + e.what());
+  }
+}
+
 inline bool has_suffix(const std::string& s, const std::string& suffix) {
   return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -106,6 +189,17 @@ inline std::string find_tokenizer(const std::string& model_path) {
                      dir + "; pass -z TOKENIZER");
   }
   return dir + "/" + found[0];
+}
+
+// The model of -m with the tokenizer of -z (else find_tokenizer's), described on stderr with -v.
+// @throws UsageError without -m; kvlm::Error as Model::load.
+inline std::shared_ptr<const kvlm::Model> load_model(const GenerationFlags& flags) {
+  if (flags.model_path.empty()) throw UsageError("-m MODEL is required");
+  auto model = kvlm::Model::load(flags.model_path, flags.tokenizer_path.empty()
+                                                       ? find_tokenizer(flags.model_path)
+                                                       : flags.tokenizer_path);
+  if (flags.verbose) std::cerr << model->summary();
+  return model;
 }
 
 // Runs body(), turning errors into one line on stderr and an exit code: 2 for usage, 1 otherwise.

@@ -30,21 +30,16 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kUsage =
+const std::string kUsage = std::string(
     "usage: server -m MODEL [-z TOKENIZER] [--host HOST] [--port PORT] [--sessions N]\n"
     "              [--queue N] [-c CONTEXT] [-t THREADS] [--kv-type TYPE] [--max-rows N]\n"
-    "              [--chat-template NAME]\n"
-    "  -m MODEL             GGUF file, or llama2.c checkpoint (.bin)\n"
-    "  -z TOKENIZER         SentencePiece .model or GGUF file (default: as generate)\n"
-    "  --host HOST          address to listen on (default 127.0.0.1)\n"
-    "  --port PORT          port (default 8080; 0 = any free port, printed on stderr)\n"
-    "  --sessions N         sessions in the pool: requests served at once (default 4)\n"
-    "  --queue N            requests that may wait for a session; more get 503 (default 16)\n"
-    "  -c CONTEXT           context length of each session (default: the model's)\n"
-    "  -t THREADS           threads of the shared forward passes (default: all cores)\n"
-    "  --kv-type TYPE       KV cache type: F32 (default), F16, BF16 or Q8_0\n"
-    "  --max-rows N         most rows of one batched pass (default 64)\n"
-    "  --chat-template NAME llama2, llama3, gemma or chatml (default: the model's, or a fallback)\n";
+    "              [--chat-template NAME]\n") + examples::kModelUsage + examples::kSessionUsage +
+    "  --host HOST       address to listen on (default 127.0.0.1)\n"
+    "  --port PORT       port (default 8080; 0 = any free port, printed on stderr)\n"
+    "  --sessions N      sessions in the pool: requests served at once (default 4)\n"
+    "  --queue N         requests that may wait for a session; more get 503 (default 16)\n"
+    "  --max-rows N      most rows of one batched pass (default 64)\n"
+    "  --chat-template NAME  llama2, llama3, gemma or chatml (default: the model's, or a fallback)\n";
 
 // A request the server refuses: 400 with this message.
 struct BadRequest : std::runtime_error {
@@ -393,34 +388,25 @@ class Server {
 
 int run(int argc, char** argv) {
   examples::Args args(argc, argv);
-  std::string model_path, tokenizer_path, host = "127.0.0.1", template_name;
+  std::string model_path, tokenizer_path, host = "127.0.0.1";
   int port = 8080, n_sessions = 4, queue = 16, max_rows = 64;
+  std::optional<kvlm::ChatFormat> requested;
   kvlm::SessionOptions so;
   while (!args.done()) {
     const std::string flag = args.next();
+    if (examples::parse_session_flag(flag, args, so)) continue;
     if (flag == "-m") model_path = args.value(flag);
     else if (flag == "-z") tokenizer_path = args.value(flag);
     else if (flag == "--host") host = args.value(flag);
     else if (flag == "--port") port = static_cast<int>(examples::parse_int(flag, args.value(flag), 0, 65535));
     else if (flag == "--sessions") n_sessions = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 256));
     else if (flag == "--queue") queue = static_cast<int>(examples::parse_int(flag, args.value(flag), 0, 4096));
-    else if (flag == "-c") so.max_seq_len = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 1 << 20));
-    else if (flag == "-t") so.n_threads = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 1024));
-    else if (flag == "--kv-type") so.kv_type = examples::parse_kv_type(flag, args.value(flag));
     else if (flag == "--max-rows") max_rows = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 4096));
-    else if (flag == "--chat-template") template_name = args.value(flag);
+    else if (flag == "--chat-template") requested = examples::parse_chat_template(flag, args.value(flag));
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }
     else throw examples::UsageError("unknown argument '" + flag + "'");
   }
   if (model_path.empty()) throw examples::UsageError("-m MODEL is required");
-  std::optional<kvlm::ChatFormat> requested;
-  if (!template_name.empty()) {
-    try {
-      requested = kvlm::parse_chat_format(template_name);
-    } catch (const kvlm::Error& e) {
-      throw examples::UsageError(e.what());
-    }
-  }
   if (tokenizer_path.empty()) tokenizer_path = examples::find_tokenizer(model_path);
   const std::shared_ptr<const kvlm::Model> model = kvlm::Model::load(model_path, tokenizer_path);
   const kvlm::ChatFormatChoice choice = kvlm::choose_chat_format(model->tokenizer(), requested);
@@ -460,5 +446,5 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);  // a client that goes away is a failed write, not a signal
-  return examples::run_main("server", kUsage, [&] { return run(argc, argv); });
+  return examples::run_main("server", kUsage.c_str(), [&] { return run(argc, argv); });
 }
