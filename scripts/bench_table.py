@@ -75,6 +75,19 @@ def main(path):
         if fork:
             print(f"| `fork()` ({fork['session_MB']:.1f} MB session) | {fork['real_time']:.1f} | "
                   f"{prefill_again['real_time'] / fork['real_time']:.1f}x faster |")
+    batched = sorted({n.split("/")[1] for n in rows if n.startswith("BM_BatchedDecode/")})
+    if batched:
+        print()
+        print("| sessions decoding together | aggregate tok/s | per session tok/s | vs 1 session |")
+        print("|---|---:|---:|---:|")
+        for model in batched:
+            alone = get(f"BM_BatchedDecode/{model}/1/iterations:3/real_time")
+            for b in (1, 2, 4, 8, 16):
+                r = get(f"BM_BatchedDecode/{model}/{b}/iterations:3/real_time")
+                if r and alone:
+                    print(f"| {model}, {b} | {r['items_per_second']:.1f} | "
+                          f"{r['per_session_tok_s']:.1f} | "
+                          f"{r['items_per_second'] / alone['items_per_second']:.2f}x |")
 
 
 if __name__ == "__main__":

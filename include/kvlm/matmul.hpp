@@ -101,8 +101,10 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
   }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
   if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
-    for (std::int64_t r = lo; r < hi; r += MatmulScratch::kGemvTileRows) {
-      const std::int64_t rows = std::min(MatmulScratch::kGemvTileRows, hi - r);
+    // One token reads its rows in one pass, which the kernels prefetch as a stream.
+    const std::int64_t tile = n_tokens == 1 ? n : MatmulScratch::kGemvTileRows;
+    for (std::int64_t r = lo; r < hi; r += tile) {
+      const std::int64_t rows = std::min(tile, hi - r);
       for (std::int64_t t = 0; t < n_tokens; ++t) {
         if (k.decode_activation == DType::kQ8_0) {
           k.gemv(p.w.row(r), rows, in, scratch.quantized(t), p.y.row(t) + r);
