@@ -30,6 +30,9 @@ namespace {
 
 using nlohmann::json;
 
+// max_tokens of a chat request that gives none (if the context holds that many).
+constexpr int kDefaultChatTokens = 512;
+
 const std::string kUsage = std::string(
     "usage: server -m MODEL [-z TOKENIZER] [--host HOST] [--port PORT] [--sessions N]\n"
     "              [--queue N] [-c CONTEXT] [-t THREADS] [--kv-type TYPE] [--max-rows N]\n"
@@ -40,6 +43,10 @@ const std::string kUsage = std::string(
     "  --queue N         requests that may wait for a session; more get 503 (default 16)\n"
     "  --max-rows N      most rows of one batched pass (default 64)\n"
     "  --chat-template NAME  llama2, llama3, gemma or chatml (default: the model's, or a fallback)\n";
+
+// JSON text; invalid UTF-8 (a vocabulary's raw piece, a file name) becomes U+FFFD, never an
+// exception on a thread that could not catch it.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 // A request the server refuses: 400 with this message.
 struct BadRequest : std::runtime_error {
@@ -134,6 +141,9 @@ class SessionPool {
 struct Request {
   bool chat = false;
   bool stream = false;
+  bool stream_usage = false;  // stream_options.include_usage: a last chunk with the usage
+  std::string id;
+  long long created = 0;
   std::vector<kvlm::Token> prompt;
   kvlm::GenerateOptions options;
 };
@@ -173,12 +183,12 @@ class Server {
 
   void install(httplib::Server& http) {
     http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content(json{{"status", "ok"}}.dump(), "application/json");
+      res.set_content(dump(json{{"status", "ok"}}), "application/json");
     });
     http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
       const json models = {{"object", "list"},
                            {"data", {{{"id", name_}, {"object", "model"}, {"owned_by", "kvlm"}}}}};
-      res.set_content(models.dump(), "application/json");
+      res.set_content(dump(models), "application/json");
     });
     http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
       handle(req, res, false);
@@ -192,7 +202,7 @@ class Server {
   static void error(httplib::Response& res, int status, const std::string& message,
                     const char* type) {
     res.status = status;
-    res.set_content(json{{"error", {{"message", message}, {"type", type}}}}.dump(),
+    res.set_content(dump(json{{"error", {{"message", message}, {"type", type}}}}),
                     "application/json");
   }
 
@@ -208,6 +218,11 @@ class Server {
     r.chat = chat;
     if (const json* s = field(body, "stream", json::value_t::boolean, "true or false")) {
       r.stream = s->get<bool>();
+    }
+    if (const json* so = field(body, "stream_options", json::value_t::object, "an object")) {
+      if (const json* u = field(*so, "include_usage", json::value_t::boolean, "true or false")) {
+        r.stream_usage = u->get<bool>();
+      }
     }
     if (const json* n = field(body, "n", json::value_t::number_integer, "an integer")) {
       if (n->get<long long>() != 1) throw BadRequest("only 'n': 1 is supported");
@@ -225,7 +240,10 @@ class Server {
     }
     const kvlm::Tokenizer& tokenizer = model_->tokenizer();
     const int context = context_;
-    o.max_new_tokens = static_cast<int>(number(body, "max_tokens", chat ? context : 16, 1, context));
+    // Without max_tokens a chat answer may run to kDefaultChatTokens: a client that goes away
+    // without streaming is only noticed when the answer is done.
+    o.max_new_tokens = static_cast<int>(
+        number(body, "max_tokens", chat ? std::min(context, kDefaultChatTokens) : 16, 1, context));
     const auto it = body.find("stop");
     if (it != body.end() && !it->is_null()) {
       if (it->is_string()) {
@@ -284,29 +302,30 @@ class Server {
             {"total_tokens", prompt + completion}};
   }
 
-  // The response, or one chunk of a stream: `text` as a choice of this request's kind.
-  json choice_body(const Request& r, const std::string& id, const std::string& text,
-                   const char* finish, bool chunk, bool first) const {
-    json choice = {{"index", 0}, {"finish_reason", finish ? json(finish) : json(nullptr)}};
-    if (!r.chat) {
-      choice["text"] = text;
-      choice["logprobs"] = nullptr;
-    } else if (!chunk) {
-      choice["message"] = {{"role", "assistant"}, {"content", text}};
-    } else {
-      choice["delta"] = json::object();
-      if (first) choice["delta"]["role"] = "assistant";
-      if (!text.empty()) choice["delta"]["content"] = text;
-    }
+  // The response, or one chunk of a stream, with `choice` as its only choice (none for a
+  // stream's usage chunk).
+  json response(const Request& r, bool chunk, json choice) const {
     const char* object = r.chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
                                 : "text_completion";
-    return {{"id", id},
+    return {{"id", r.id},
             {"object", object},
-            {"created", std::chrono::duration_cast<std::chrono::seconds>(
-                            std::chrono::system_clock::now().time_since_epoch())
-                            .count()},
+            {"created", r.created},
             {"model", name_},
-            {"choices", json::array({choice})}};
+            {"choices", choice.is_null() ? json::array() : json::array({std::move(choice)})}};
+  }
+
+  // A choice with `text`: a completion's text, a chat's message, or a chat chunk's delta.
+  static json choice(const Request& r, const std::string& text, const char* finish, bool chunk) {
+    json c = {{"index", 0}, {"logprobs", nullptr},
+              {"finish_reason", finish ? json(finish) : json(nullptr)}};
+    if (!r.chat) {
+      c["text"] = text;
+    } else if (!chunk) {
+      c["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+      c["delta"] = text.empty() ? json::object() : json{{"content", text}};
+    }
+    return c;
   }
 
   static kvlm::GenerateResult run(SessionPool::Lease& lease, const Request& r,
@@ -323,21 +342,25 @@ class Server {
     } catch (const BadRequest& e) {
       return error(res, 400, e.what(), "invalid_request_error");
     }
-    std::shared_ptr<SessionPool::Lease> lease = pool_.acquire(request->prompt);
-    if (!lease) return error(res, 503, "the server is busy; try again later", "server_busy");
-    const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++next_id_);
+    // Both lambdas below hold the box; whichever runs first frees the session.
+    auto lease = std::make_shared<std::unique_ptr<SessionPool::Lease>>(pool_.acquire(request->prompt));
+    if (!*lease) return error(res, 503, "the server is busy; try again later", "server_busy");
+    request->id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++next_id_);
+    request->created = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
 
     if (!request->stream) {
       std::string text;
       try {
-        const kvlm::GenerateResult result = run(*lease, *request, [&text](std::string_view piece) {
+        const kvlm::GenerateResult result = run(**lease, *request, [&text](std::string_view piece) {
           text += piece;
           return true;
         });
-        json body = choice_body(*request, id, text, finish_reason(result.stop_reason), false, false);
+        json body = response(*request, false,
+                             choice(*request, text, finish_reason(result.stop_reason), false));
         body["usage"] = usage(*request, result);
-        res.set_content(body.dump(), "application/json");
-      } catch (const kvlm::Error& e) {
+        res.set_content(dump(body), "application/json");
+      } catch (const std::exception& e) {
         error(res, 500, e.what(), "server_error");
       }
       return;
@@ -345,36 +368,48 @@ class Server {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, request, lease, id](std::size_t, httplib::DataSink& sink) mutable {
+        [this, request, lease](std::size_t, httplib::DataSink& sink) {
           bool connected = true;
           const auto send = [&](const json& event) {
-            const std::string data = "data: " + event.dump() + "\n\n";
+            const std::string data = "data: " + dump(event) + "\n\n";
             connected = connected && sink.write(data.data(), data.size());
             return connected;
           };
-          bool first = true;
           try {
-            const kvlm::GenerateResult result =
-                run(*lease, *request, [&](std::string_view piece) {
-                  const bool ok = send(choice_body(*request, id, std::string(piece), nullptr, true, first));
-                  first = false;
-                  return ok;  // a client that went away stops the generation
-                });
-            json last = choice_body(*request, id, "", finish_reason(result.stop_reason), true, first);
-            last["usage"] = usage(*request, result);
-            send(last);
-          } catch (const kvlm::Error& e) {
-            send(json{{"error", {{"message", e.what()}, {"type", "server_error"}}}});
+            if (*lease) stream(**lease, *request, send);
+          } catch (const std::exception& e) {  // nothing may leave httplib's worker thread
+            try {
+              send(json{{"error", {{"message", e.what()}, {"type", "server_error"}}}});
+            } catch (...) {
+            }
+          } catch (...) {
           }
-          lease.reset();  // the session is free again at once, connected or not
-          if (connected) {
-            const std::string done = "data: [DONE]\n\n";
-            sink.write(done.data(), done.size());
-          }
+          lease->reset();  // the session is free again at once, connected or not
+          if (connected) sink.write("data: [DONE]\n\n", 14);
           sink.done();
           return true;
         },
-        [lease](bool) mutable { lease.reset(); });
+        [lease](bool) { lease->reset(); });
+  }
+
+  // A streamed answer as OpenAI sends it: a chat's first chunk carries the role, each piece of
+  // text a chunk, the last chunk the finish reason, then, if asked for, a chunk with the usage.
+  template <typename Send>
+  void stream(SessionPool::Lease& lease, const Request& r, Send& send) const {
+    if (r.chat) {
+      json first = choice(r, "", nullptr, true);
+      first["delta"] = {{"role", "assistant"}, {"content", ""}};
+      if (!send(response(r, true, first))) return;
+    }
+    const kvlm::GenerateResult result = run(lease, r, [&](std::string_view piece) {
+      return send(response(r, true, choice(r, std::string(piece), nullptr, true)));
+    });  // a client that went away (a failed write) stops the generation
+    send(response(r, true, choice(r, "", finish_reason(result.stop_reason), true)));
+    if (r.stream_usage) {
+      json last = response(r, true, nullptr);
+      last["usage"] = usage(r, result);
+      send(last);
+    }
   }
 
  private:
@@ -417,7 +452,7 @@ int run(int argc, char** argv) {
   bo.max_rows = max_rows;
   so.batcher = std::make_shared<kvlm::Batcher>(model, bo);
   so.n_threads = 1;  // the batcher's threads run the passes
-  so.max_batch = max_rows;
+  so.max_batch = 1;  // the batcher runs the passes; a session's own scratch serves a shift
   SessionPool pool(model, so, n_sessions, queue);
   const std::string name = model_path.substr(model_path.find_last_of('/') + 1);
   const int context = so.max_seq_len > 0 ? so.max_seq_len : model->config().max_seq_len;
@@ -427,6 +462,8 @@ int run(int argc, char** argv) {
   // A worker per session and per waiting request, and a few for /health and refusals.
   const int workers = n_sessions + queue + 4;
   http.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<std::size_t>(workers)); };
+  http.set_payload_max_length(std::size_t{1} << 24);  // 16 MiB: far beyond any context's text
+  http.set_keep_alive_timeout(1);  // an idle connection holds a worker for at most a second
   server.install(http);
   const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
   if (bound < 0) {

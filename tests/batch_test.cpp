@@ -151,6 +151,65 @@ TEST(Batcher, LogitsMatchASessionAlone) {
   }
 }
 
+// Decoders that fill every row of a pass cannot starve a prompt: it gets a row each pass, so it is
+// done long before they are.
+TEST(Batcher, DecodersFillingThePassDoNotStarveAPrompt) {
+  KVLM_REQUIRE_MODEL(bin, "stories260K/stories260K.bin");
+  KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
+  const std::shared_ptr<const Model> model = Model::load(bin, tok);
+  BatcherOptions bo;
+  bo.max_rows = 2;
+  SessionOptions so;
+  so.batcher = std::make_shared<Batcher>(model, bo);
+  std::atomic<int> decoders_done{0};
+  int decoders_done_when_prompt_was = -1;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      Session s(model, so);
+      s.prefill(std::vector<Token>{1, static_cast<Token>(400 + i)});
+      for (int t = 0; t < 200; ++t) s.step(static_cast<Token>(300 + t % 50));
+      ++decoders_done;
+    });
+  }
+  threads.emplace_back([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the decoders are under way
+    Session s(model, so);
+    std::vector<Token> prompt(100, 403);
+    prompt[0] = 1;
+    s.prefill(prompt);
+    decoders_done_when_prompt_was = decoders_done.load();
+  });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(decoders_done_when_prompt_was, 0);
+}
+
+// A session cancelled while its prompt is fed in chunks beside decoders: kCancelled, its
+// position unchanged, and the others get what they get alone.
+TEST(Batcher, CancelBesideOthersLeavesEveryoneRight) {
+  KVLM_REQUIRE_MODEL(bin, "stories260K/stories260K.bin");
+  KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");
+  const std::shared_ptr<const Model> model = Model::load(bin, tok);
+  const Request decoder{"Once upon a time", 0.0f, 1, 40};
+  const std::vector<Token> alone = run_request(model, decoder, nullptr);
+  BatcherOptions bo;
+  bo.max_rows = 4;
+  const auto batcher = std::make_shared<Batcher>(model, bo);
+  std::vector<Token> together;
+  std::thread other([&] { together = run_request(model, decoder, batcher); });
+  std::atomic<int> asked{0};
+  SessionOptions so;
+  so.batcher = batcher;
+  so.cancel = [&] { return ++asked > 10; };  // some passes into the prompt
+  Session s(model, so);
+  std::vector<Token> prompt(200, 403);
+  prompt[0] = 1;
+  EXPECT_TRUE(throws_error([&] { s.prefill(prompt); }, ErrorCode::kCancelled, {"cancelled"}));
+  EXPECT_EQ(s.position(), 0);
+  other.join();
+  EXPECT_EQ(together, alone);
+}
+
 TEST(Batcher, CancelLeavesTheSessionAsItWas) {
   KVLM_REQUIRE_MODEL(bin, "stories260K/stories260K.bin");
   KVLM_REQUIRE_MODEL(tok, "stories260K/tok512.model");

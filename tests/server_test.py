@@ -41,7 +41,8 @@ def request(port, method, path, body=None):
 
 
 def completion(port, path, body):
-    """The text, finish_reason and usage of a request, streamed or not."""
+    """The text, finish_reason and usage of a request, streamed or not (a stream's usage only
+    with stream_options.include_usage)."""
     if not body.get("stream"):
         status, data = request(port, "POST", path, body)
         assert status == 200, (status, data)
@@ -53,7 +54,7 @@ def completion(port, path, body):
     conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
-    text, finish, usage, done = "", None, None, False
+    text, finish, usage, done, events = "", None, None, False, []
     for raw in resp:
         line = raw.decode().rstrip("\n")
         if not line:
@@ -65,12 +66,21 @@ def completion(port, path, body):
             break
         event = json.loads(payload)
         assert "error" not in event, event
+        events.append(event)
+        if not event["choices"]:  # stream_options.include_usage: the usage, after the finish
+            assert finish is not None and "usage" not in events[-2], events[-2:]
+            usage = event["usage"]
+            continue
         choice = event["choices"][0]
         text += choice["delta"].get("content", "") if "delta" in choice else choice["text"]
         if choice["finish_reason"] is not None:
-            finish, usage = choice["finish_reason"], event.get("usage")
+            finish = choice["finish_reason"]
     conn.close()
     assert done, "the stream did not end with [DONE]"
+    assert len({(e["id"], e["created"]) for e in events}) == 1, "one id and time per stream"
+    if "/chat/" in path:  # the role first, alone, as OpenAI sends it
+        assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}, events[0]
+    assert (usage is not None) == bool(body.get("stream_options", {}).get("include_usage")), usage
     return text, finish, usage
 
 
@@ -90,12 +100,15 @@ def main():
         chat = [{"role": "system", "content": "Tell a story."}, {"role": "user", "content": "A cat"}]
         requests = [
             ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0}),
-            ("/v1/completions", {"prompt": "The little dog", "max_tokens": 50, "seed": 7, "stream": True}),
+            ("/v1/completions", {"prompt": "The little dog", "max_tokens": 50, "seed": 7, "stream": True,
+                                 "stream_options": {"include_usage": True}}),
             ("/v1/completions", {"prompt": "Lily and Ben", "max_tokens": 30, "temperature": 0.9,
                                  "top_p": 0.9, "seed": 3, "stop": ["park", "."]}),
             ("/v1/chat/completions", {"messages": chat, "max_tokens": 40, "seed": 11}),
-            ("/v1/chat/completions", {"messages": chat, "max_tokens": 40, "seed": 11, "stream": True}),
-            ("/v1/completions", {"prompt": "One day", "max_tokens": 60, "temperature": 0, "stream": True}),
+            ("/v1/chat/completions", {"messages": chat, "max_tokens": 40, "seed": 11, "stream": True,
+                                      "stream_options": {"include_usage": True}}),
+            ("/v1/completions", {"prompt": "One day", "max_tokens": 60, "temperature": 0, "stream": True,
+                                 "stream_options": {"include_usage": True}}),
             ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 20, "seed": 5}),
             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 25,
                                       "temperature": 0, "stream": True}),
@@ -114,9 +127,10 @@ def main():
             alone = completion(port, path, body)
             check(together[i] == alone, f"request {i} {body}: concurrent {together[i]} != alone {alone}")
             text, finish, usage = alone
-            check(finish in ("stop", "length") and usage["completion_tokens"] > 0 and text,
-                  f"request {i}: {alone}")
-            check(usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"], "usage")
+            check(finish in ("stop", "length") and text, f"request {i}: {alone}")
+            if usage is not None:
+                check(usage["completion_tokens"] > 0 and
+                      usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"], "usage")
         check(together[3][0] == together[4][0], "a chat streamed and not streamed differ")
         check(together[2][1] == "stop" or "." not in together[2][0], "stop strings")
 

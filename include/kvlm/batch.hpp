@@ -77,13 +77,15 @@ class Batcher {
 
   /// Runs `chunk` in passes shared with other sessions' chunks, in pieces of at most max_rows
   /// rows, and returns when all of it ran (any thread may call; sessions call it from forward).
-  /// cancel, if set, is asked (on the worker thread) before each pass the chunk is in.
+  /// cancel, if set, is asked (on the worker thread, holding the batcher's lock: it must be quick
+  /// and must not call the batcher) before each pass the chunk is in.
   /// @throws Error(kCancelled), or whatever the pass threw; the chunk's cache rows are then
   ///         partly written, which the caller's position makes harmless.
   void run(const SequenceChunk& chunk, const std::function<bool()>& cancel) {
     if (chunk.n == 0) return;
     Job job{chunk, &cancel, false, nullptr};
     std::unique_lock<std::mutex> lock(mutex_);
+    if (stopping_) throw Error(ErrorCode::kCancelled, "the batcher is being destroyed");
     queue_.push_back(&job);
     work_ready_.notify_all();
     job_done_.wait(lock, [&] { return job.done; });
@@ -129,19 +131,28 @@ class Batcher {
     std::vector<SequenceChunk> pieces;
     in_pass.reserve(static_cast<std::size_t>(options_.max_rows));
     pieces.reserve(static_cast<std::size_t>(options_.max_rows));
+    // Done jobs leave the queue, and their callers (waiting for the lock) may then return.
+    const auto let_done_go = [this] {
+      queue_.erase(std::remove_if(queue_.begin(), queue_.end(), [](const Job* j) { return j->done; }),
+                   queue_.end());
+      job_done_.notify_all();
+    };
     while (true) {
       work_ready_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stopping, and nothing left to run
       work_ready_.wait_for(lock, options_.gather, [&] { return queue_.size() >= expected; });
 
-      // Decoding sessions (one row) first, in arrival order, then prompt chunks in the rows left.
-      std::stable_partition(queue_.begin(), queue_.end(), [](const Job* j) { return j->rest.n == 1; });
+      // Decoding sessions (one row) first, in arrival order, then prompt chunks in the rows left;
+      // a waiting prompt always gets at least one row, so a full pass of decoders cannot starve it.
+      const auto decoding = [](const Job* j) { return j->rest.n == 1; };
+      const auto prompts = std::stable_partition(queue_.begin(), queue_.end(), decoding);
+      const int decoder_rows = options_.max_rows - (prompts != queue_.end() && options_.max_rows > 1);
       in_pass.clear();
       pieces.clear();
       int rows = 0;
       const int vocab_size = model_->config().vocab_size;
       for (Job* job : queue_) {
-        if (rows == options_.max_rows) break;
+        if (rows == options_.max_rows || (decoding(job) && rows == decoder_rows)) continue;
         try {
           if (*job->cancel && (*job->cancel)()) throw Error(ErrorCode::kCancelled, "cancelled by the host");
         } catch (...) {
@@ -153,6 +164,7 @@ class Batcher {
         rows += pieces.back().n;
         in_pass.push_back(job);
       }
+      let_done_go();  // the cancelled ones, before the lock is let go for the pass
       std::exception_ptr error;
       if (!pieces.empty()) {
         lock.unlock();
@@ -171,9 +183,7 @@ class Batcher {
         if (error || job->rest.n == 0) job->done = true;
       }
       expected = queue_.size();  // finished jobs are expected back with their next token
-      queue_.erase(std::remove_if(queue_.begin(), queue_.end(), [](const Job* j) { return j->done; }),
-                   queue_.end());
-      job_done_.notify_all();
+      let_done_go();
     }
   }
 
