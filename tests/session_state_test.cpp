@@ -607,7 +607,10 @@ TEST(SessionKvType, TinyGqaNarrowCachesStayCloseToF32AndStepEqualsPrefill) {
     Session stepped(model, o);
     std::vector<float> last;
     for (Token t : tokens) last = as_vector(stepped.step(t));
-    EXPECT_LE(max_abs_diff(last, prefilled), 1e-4f) << to_string(type);  // the same stored rows
+    // The same stored rows; only the float sums' order differs (a batch's products and attention
+    // blocks against one token's). Q8_0 measured 1.3e-4 in the sanitizer build, below 1e-4 in
+    // Release; a wrong row would move the logits by O(0.1).
+    EXPECT_LE(max_abs_diff(last, prefilled), 5e-4f) << to_string(type);
     EXPECT_EQ(stepped.kv_cache_bytes(),
               2u * model->config().n_layers * static_cast<std::size_t>(stepped.max_seq_len()) *
                   row_bytes(type, model->config().kv_dim()));
