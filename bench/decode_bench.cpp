@@ -13,9 +13,9 @@
 //   BM_SessionReprefill/512, BM_SessionFork/512, BM_SessionLoad/512  three ways to get a session
 //       holding a 512-token prompt on that shape.
 //   BM_KvTypeDecode/<type>  decode steps at position 2048 with each KV cache type.
-//   BM_BatchedDecode/<shape>/<B>  B sessions decoding together through one Batcher: aggregate
-//       and per-session tok/s (stories110M's shape, and tinyllama-1.1b F32/Q4_0 from
-//       $KVLM_BENCH_MODELS).
+//   BM_BatchedDecode/<model>/<B>  B sessions decoding together through one Batcher: aggregate
+//       and per-session tok/s (stories110M's shape in F32, and from $KVLM_BENCH_MODELS
+//       stories110M Q4_0 and tinyllama-1.1b F32 and Q4_0).
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
@@ -417,7 +417,7 @@ void register_batched_benchmarks() {
   std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>> models =
       {{"stories110M-F32", [] { return stories110m(); }}};
   if (const char* dir = std::getenv("KVLM_BENCH_MODELS"); dir != nullptr && *dir != '\0') {
-    for (const char* name : {"tinyllama-1.1b-F32", "tinyllama-1.1b-Q4_0"}) {
+    for (const char* name : {"stories110M-Q4_0", "tinyllama-1.1b-F32", "tinyllama-1.1b-Q4_0"}) {
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
       auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();

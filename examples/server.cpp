@@ -16,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstdint>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -79,13 +80,19 @@ class SessionPool {
     std::size_t slot_;
   };
 
-  /// A session for `prompt`, or null when every session is busy and the queue is full.
+  /// A session for `prompt`, or null when every session is busy and the queue is full. Requests
+  /// that wait are served in arrival order.
   std::unique_ptr<Lease> acquire(const std::vector<kvlm::Token>& prompt) {
     std::unique_lock<std::mutex> lock(mutex_);
-    if (!any_free() && waiting_ >= max_waiting_) return nullptr;
-    ++waiting_;
-    freed_.wait(lock, [&] { return any_free(); });
-    --waiting_;
+    if (waiting_ > 0 || !any_free()) {
+      if (waiting_ >= max_waiting_) return nullptr;
+      const std::uint64_t ticket = next_ticket_++;
+      ++waiting_;
+      freed_.wait(lock, [&] { return ticket == serving_ && any_free(); });
+      --waiting_;
+      ++serving_;
+      freed_.notify_all();  // the next in line, if another session is free too
+    }
     std::size_t best = slots_.size();
     std::size_t best_prefix = 0;
     for (std::size_t i = 0; i < slots_.size(); ++i) {
@@ -127,12 +134,14 @@ class SessionPool {
       std::lock_guard<std::mutex> lock(mutex_);
       slots_[slot]->busy = false;
     }
-    freed_.notify_one();
+    freed_.notify_all();  // the waiter whose turn it is may be any of them
   }
 
   std::vector<std::unique_ptr<Slot>> slots_;
   int max_waiting_;
   int waiting_ = 0;
+  std::uint64_t next_ticket_ = 0;  // the number the next request to wait is given
+  std::uint64_t serving_ = 0;      // the number whose turn it is
   std::mutex mutex_;
   std::condition_variable freed_;
 };
