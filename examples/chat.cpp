@@ -30,8 +30,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -44,6 +42,7 @@
 
 #include "common.hpp"
 #include "kvlm/detail/regular_file.hpp"
+#include "kvlm/detail/write_file.hpp"
 #include "kvlm/kvlm.hpp"
 
 namespace {
@@ -157,25 +156,15 @@ std::vector<kvlm::ChatMessage> load_chat(const std::string& path, kvlm::ChatForm
 // @throws kvlm::Error(kIo) naming the file if it cannot be written.
 void save_chat(const std::string& path, kvlm::ChatFormat format,
                const std::vector<kvlm::ChatMessage>& messages, const kvlm::Session& session) {
-  const std::string temporary = path + ".tmp";
-  std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-  out << kChatMagic << "\n" << kvlm::to_string(format) << "\n" << messages.size() << "\n";
-  for (const kvlm::ChatMessage& m : messages) {
-    out << m.role << " " << m.content.size() << " " << m.tokens.size() << "\n" << m.content << "\n";
-    for (std::size_t i = 0; i < m.tokens.size(); ++i) out << (i > 0 ? " " : "") << m.tokens[i];
-    out << "\n";
-  }
-  try {
+  kvlm::detail::write_file_atomically(path, [&](std::ostream& out) {
+    out << kChatMagic << "\n" << kvlm::to_string(format) << "\n" << messages.size() << "\n";
+    for (const kvlm::ChatMessage& m : messages) {
+      out << m.role << " " << m.content.size() << " " << m.tokens.size() << "\n" << m.content << "\n";
+      for (std::size_t i = 0; i < m.tokens.size(); ++i) out << (i > 0 ? " " : "") << m.tokens[i];
+      out << "\n";
+    }
     session.save(out);
-  } catch (const kvlm::Error&) {
-    out.setstate(std::ios::badbit);  // a write failed: said below, with the path
-  }
-  out.close();
-  if (!out || std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::remove(temporary.c_str());
-    throw kvlm::Error(kvlm::ErrorCode::kIo, path + ": cannot write it: " + std::strerror(error));
-  }
+  });
 }
 
 // The conversation, its session and how a turn generates.

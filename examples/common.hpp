@@ -130,26 +130,33 @@ inline bool parse_session_flag(const std::string& flag, Args& args,
   return true;
 }
 
-// The flags generate and chat share: the model and tokenizer (kModelUsage), the token budget and
-// sampler (kSamplingUsage), the session (kSessionUsage) and -v.
-struct GenerationFlags {
+// The model and tokenizer (kModelUsage) and -v, which every program that loads a model reads.
+struct ModelFlags {
   std::string model_path, tokenizer_path;
-  kvlm::SessionOptions session;
-  kvlm::GenerateOptions generate;
   bool verbose = false;
-
-  GenerationFlags() { generate.sampler.seed = std::random_device{}(); }
 
   // Reads `flag` and its value if it is one of these; false for any other flag.
   bool parse(const std::string& flag, Args& args) {
-    if (parse_sampling_flag(flag, args, generate) || parse_session_flag(flag, args, session)) {
-      return true;
-    }
     if (flag == "-m") model_path = args.value(flag);
     else if (flag == "-z") tokenizer_path = args.value(flag);
     else if (flag == "-v" || flag == "--verbose") verbose = true;
     else return false;
     return true;
+  }
+};
+
+// The flags generate and chat share: the model (ModelFlags), the token budget and sampler
+// (kSamplingUsage) and the session (kSessionUsage).
+struct GenerationFlags : ModelFlags {
+  kvlm::SessionOptions session;
+  kvlm::GenerateOptions generate;
+
+  GenerationFlags() { generate.sampler.seed = std::random_device{}(); }
+
+  // Reads `flag` and its value if it is one of these; false for any other flag.
+  bool parse(const std::string& flag, Args& args) {
+    return parse_sampling_flag(flag, args, generate) || parse_session_flag(flag, args, session) ||
+           ModelFlags::parse(flag, args);
   }
 };
 
@@ -193,7 +200,7 @@ inline std::string find_tokenizer(const std::string& model_path) {
 
 // The model of -m with the tokenizer of -z (else find_tokenizer's), described on stderr with -v.
 // @throws UsageError without -m; kvlm::Error as Model::load.
-inline std::shared_ptr<const kvlm::Model> load_model(const GenerationFlags& flags) {
+inline std::shared_ptr<const kvlm::Model> load_model(const ModelFlags& flags) {
   if (flags.model_path.empty()) throw UsageError("-m MODEL is required");
   auto model = kvlm::Model::load(flags.model_path, flags.tokenizer_path.empty()
                                                        ? find_tokenizer(flags.model_path)

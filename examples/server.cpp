@@ -37,13 +37,14 @@ constexpr int kDefaultChatTokens = 512;
 const std::string kUsage = std::string(
     "usage: server -m MODEL [-z TOKENIZER] [--host HOST] [--port PORT] [--sessions N]\n"
     "              [--queue N] [-c CONTEXT] [-t THREADS] [--kv-type TYPE] [--max-rows N]\n"
-    "              [--chat-template NAME]\n") + examples::kModelUsage + examples::kSessionUsage +
+    "              [--chat-template NAME] [-v]\n") + examples::kModelUsage + examples::kSessionUsage +
     "  --host HOST       address to listen on (default 127.0.0.1)\n"
     "  --port PORT       port (default 8080; 0 = any free port, printed on stderr)\n"
     "  --sessions N      sessions in the pool: requests served at once (default 4)\n"
     "  --queue N         requests that may wait for a session; more get 503 (default 16)\n"
     "  --max-rows N      most rows of one batched pass (default 64)\n"
-    "  --chat-template NAME  llama2, llama3, gemma or chatml (default: the model's, or a fallback)\n";
+    "  --chat-template NAME  llama2, llama3, gemma or chatml (default: the model's, or a fallback)\n"
+    "  -v, --verbose     describe the model on stderr before serving\n";
 
 // JSON text; invalid UTF-8 (a vocabulary's raw piece, a file name) becomes U+FFFD, never an
 // exception on a thread that could not catch it.
@@ -94,15 +95,10 @@ class SessionPool {
       freed_.notify_all();  // the next in line, if another session is free too
     }
     std::size_t best = slots_.size();
-    std::size_t best_prefix = 0;
+    int best_prefix = 0;
     for (std::size_t i = 0; i < slots_.size(); ++i) {
       if (slots_[i]->busy) continue;
-      const kvlm::Session& s = slots_[i]->session;
-      const auto cached = s.tokens();
-      const std::size_t usable = std::min<std::size_t>(cached.size(), static_cast<std::size_t>(s.exact_prefix()));
-      const std::size_t prefix = static_cast<std::size_t>(
-          std::mismatch(cached.begin(), cached.begin() + static_cast<std::ptrdiff_t>(usable),
-                        prompt.begin(), prompt.end()).first - cached.begin());
+      const int prefix = slots_[i]->session.reusable_prefix(prompt);
       if (best == slots_.size() || prefix > best_prefix) {
         best = i;
         best_prefix = prefix;
@@ -111,6 +107,9 @@ class SessionPool {
     slots_[best]->busy = true;
     return std::make_unique<Lease>(*this, best);
   }
+
+  /// The sessions' context length.
+  int context() const { return slots_[0]->session.max_seq_len(); }
 
   std::size_t memory_bytes() const {
     std::size_t bytes = 0;
@@ -432,16 +431,15 @@ class Server {
 
 int run(int argc, char** argv) {
   examples::Args args(argc, argv);
-  std::string model_path, tokenizer_path, host = "127.0.0.1";
+  examples::ModelFlags model_flags;
+  std::string host = "127.0.0.1";
   int port = 8080, n_sessions = 4, queue = 16, max_rows = 64;
   std::optional<kvlm::ChatFormat> requested;
   kvlm::SessionOptions so;
   while (!args.done()) {
     const std::string flag = args.next();
-    if (examples::parse_session_flag(flag, args, so)) continue;
-    if (flag == "-m") model_path = args.value(flag);
-    else if (flag == "-z") tokenizer_path = args.value(flag);
-    else if (flag == "--host") host = args.value(flag);
+    if (model_flags.parse(flag, args) || examples::parse_session_flag(flag, args, so)) continue;
+    if (flag == "--host") host = args.value(flag);
     else if (flag == "--port") port = static_cast<int>(examples::parse_int(flag, args.value(flag), 0, 65535));
     else if (flag == "--sessions") n_sessions = static_cast<int>(examples::parse_int(flag, args.value(flag), 1, 256));
     else if (flag == "--queue") queue = static_cast<int>(examples::parse_int(flag, args.value(flag), 0, 4096));
@@ -450,9 +448,7 @@ int run(int argc, char** argv) {
     else if (flag == "-h" || flag == "--help") { std::cout << kUsage; return 0; }
     else throw examples::UsageError("unknown argument '" + flag + "'");
   }
-  if (model_path.empty()) throw examples::UsageError("-m MODEL is required");
-  if (tokenizer_path.empty()) tokenizer_path = examples::find_tokenizer(model_path);
-  const std::shared_ptr<const kvlm::Model> model = kvlm::Model::load(model_path, tokenizer_path);
+  const std::shared_ptr<const kvlm::Model> model = examples::load_model(model_flags);
   const kvlm::ChatFormatChoice choice = kvlm::choose_chat_format(model->tokenizer(), requested);
   if (!choice.note.empty()) std::cerr << "server: " << choice.note << "\n";
 
@@ -460,11 +456,10 @@ int run(int argc, char** argv) {
   bo.n_threads = so.n_threads;
   bo.max_rows = max_rows;
   so.batcher = std::make_shared<kvlm::Batcher>(model, bo);
-  so.n_threads = 1;  // the batcher's threads run the passes
-  so.max_batch = 1;  // the batcher runs the passes; a session's own scratch serves a shift
   SessionPool pool(model, so, n_sessions, queue);
-  const std::string name = model_path.substr(model_path.find_last_of('/') + 1);
-  const int context = so.max_seq_len > 0 ? so.max_seq_len : model->config().max_seq_len;
+  const std::string& path = model_flags.model_path;
+  const std::string name = path.substr(path.find_last_of('/') + 1);
+  const int context = pool.context();
   Server server(model, name, choice.format, pool, context);
 
   httplib::Server http;

@@ -1,5 +1,6 @@
-// The examples' command-line parsing (examples/common.hpp) on arbitrary argument lists: every
-// input is accepted or refused with a UsageError, and numbers stay within their ranges.
+// The examples' command-line parsing (examples/common.hpp: GenerationFlags, the chat template) on
+// arbitrary argument lists: every input is accepted or refused with a UsageError, and what is
+// accepted stays within its range.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -24,21 +25,27 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   examples::Args parsed(static_cast<int>(argv.size()), argv.data());
+  examples::GenerationFlags flags;  // the flags generate and chat read, as they read them
   try {
     while (!parsed.done()) {
       const std::string flag = parsed.next();
-      if (flag == "-n") {
-        const long long n = examples::parse_int(flag, parsed.value(flag), 1, 1000);
-        if (n < 1 || n > 1000) std::abort();
-      } else if (flag == "--temp") {
-        const float t = examples::parse_float(flag, parsed.value(flag), 0.0f, 2.0f);
-        if (!(t >= 0.0f && t <= 2.0f)) std::abort();
-      } else if (flag == "--kv-type") {
-        examples::parse_kv_type(flag, parsed.value(flag));
+      if (!flags.parse(flag, parsed) && flag == "--chat-template") {
+        examples::parse_chat_template(flag, parsed.value(flag));
       }
     }
   } catch (const examples::UsageError&) {
   } catch (const kvlm::Error&) {
+  }
+  // Whatever was accepted is within range: the sampler takes it, and the counts are positive.
+  try {
+    flags.generate.sampler.validate();
+  } catch (const kvlm::Error&) {
+    std::abort();
+  }
+  const kvlm::SessionOptions& so = flags.session;
+  if (flags.generate.max_new_tokens < 1 || so.n_threads < 0 || so.n_threads > 1024 ||
+      so.max_seq_len < 0) {
+    std::abort();
   }
   return 0;
 }

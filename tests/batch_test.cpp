@@ -19,6 +19,7 @@
 #include "expect_error.hpp"
 #include "kvlm/session.hpp"
 #include "models.hpp"
+#include "step_logits.hpp"
 
 namespace kvlm {
 namespace {
@@ -129,21 +130,13 @@ TEST(Batcher, LogitsMatchASessionAlone) {
   SessionOptions so;
   so.n_threads = 1;
   Session alone(model, so);
-  std::vector<float> expected;
-  for (Token t : prompt) {
-    const Span<const float> l = alone.step(t);
-    expected.insert(expected.end(), l.begin(), l.end());
-  }
+  const std::vector<float> expected = test::step_logits(alone, prompt);
   so.batcher = std::make_shared<Batcher>(model);
   Session batched(model, so), other(model, so);
   std::thread noise([&] {
     for (int i = 0; i < 40; ++i) other.step(static_cast<Token>(5 + i));
   });
-  std::vector<float> got;
-  for (Token t : prompt) {
-    const Span<const float> l = batched.step(t);
-    got.insert(got.end(), l.begin(), l.end());
-  }
+  const std::vector<float> got = test::step_logits(batched, prompt);
   noise.join();
   ASSERT_EQ(got.size(), expected.size());
   for (std::size_t i = 0; i < got.size(); ++i) {

@@ -20,6 +20,7 @@
 #include "models.hpp"
 #include "random_model.hpp"
 #include "reference_forward.hpp"
+#include "step_logits.hpp"
 
 namespace kvlm {
 namespace {
@@ -69,12 +70,7 @@ std::vector<float> step_all(const std::shared_ptr<const Model>& model,
   SessionOptions options;
   options.n_threads = 2;
   Session session(model, options);
-  std::vector<float> out;
-  for (Token t : tokens) {
-    const Span<const float> l = session.step(t);
-    out.insert(out.end(), l.begin(), l.end());
-  }
-  return out;
+  return test::step_logits(session, tokens);
 }
 
 template <typename A, typename B>

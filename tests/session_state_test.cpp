@@ -645,6 +645,12 @@ TEST(SessionMemory, MemoryBytesIsWhatBytesNeededPredicts) {
       }
     }
   }
+  // With a batcher the session keeps no forward-pass scratch of its own beyond a row.
+  SessionOptions batched, alone;
+  batched.batcher = std::make_shared<Batcher>(model);
+  Session with_batcher(model, batched);
+  EXPECT_EQ(with_batcher.memory_bytes(), Session::bytes_needed(*model, batched));
+  EXPECT_LT(with_batcher.memory_bytes(), Session::bytes_needed(*model, alone));
   SessionOptions q8;
   q8.kv_type = DType::kQ8_0;
   EXPECT_TRUE(throws_error([&] { Session::bytes_needed(*test::random_model(test::small_gqa_config(), 3), q8); },

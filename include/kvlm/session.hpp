@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -44,6 +43,7 @@
 #include "kvlm/detail/hash.hpp"
 #include "kvlm/detail/parallel.hpp"
 #include "kvlm/detail/regular_file.hpp"
+#include "kvlm/detail/write_file.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/forward.hpp"
 #include "kvlm/kv_cache.hpp"
@@ -242,6 +242,12 @@ class Session {
   /// of them, but after a context shift only the n_keep kept ahead of it (the moved rows were
   /// computed beside tokens since dropped). PromptMode::kReplace reuses no more than these.
   int exact_prefix() const { return exact_; }
+  /// How many of `prompt`'s first tokens the cache holds as a fresh prefill of them would: what
+  /// generate() in PromptMode::kReplace keeps (at most exact_prefix()).
+  int reusable_prefix(Span<const Token> prompt) const {
+    const auto common = std::mismatch(tokens_.begin(), tokens_.end(), prompt.begin(), prompt.end());
+    return std::min(static_cast<int>(common.first - tokens_.begin()), exact_);
+  }
   /// The cache itself: rows [0, position()) of each layer hold the tokens' keys and values.
   const KVCache& kv_cache() const { return cache_; }
   /// Everything the session allocated: the KV cache, the RoPE table, the activations and scratch
@@ -349,12 +355,12 @@ class Session {
         cache_({config_.n_layers, max_seq_len_, config_.n_kv_heads, config_.head_dim,
                 options_.kv_type}),
         rope_table_(config_.head_dim, max_seq_len_, config_.rope_theta),
-        scratch_(config_, batch_, n_threads_, options_.kv_type, 0),
+        scratch_(config_, batch_, scratch_threads(options_), options_.kv_type, 0),
         logits_({config_.vocab_size}),
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
     top_.reserve(GenerateOptions::kMaxTopLogprobs);
-    detail::start_threads(n_threads_);
+    if (!options_.batcher) detail::start_threads(n_threads_);
   } catch (const std::bad_alloc&) {
     throw out_of_memory(bytes, "cannot be allocated");
   }
@@ -403,11 +409,16 @@ class Session {
     return options;
   }
 
-  // Recomputing runs the whole sequence as one batch, so its batch is the context.
+  // Rows of the session's own forward pass. Recomputing runs the whole sequence as one batch,
+  // so its batch is the context. With a batcher the batcher runs the passes, and one row serves
+  // a context shift.
   static int batch_rows(const SessionOptions& o) {
+    if (o.batcher) return 1;
     return o.cache_mode == CacheMode::kRecompute ? o.max_seq_len
                                                  : std::min(o.max_batch, o.max_seq_len);
   }
+  // Threads the session's own scratch serves: none but the caller's with a batcher.
+  static int scratch_threads(const SessionOptions& o) { return o.batcher ? 1 : o.n_threads; }
 
   // Validates the options and the budget; returns bytes_needed(). Without a budget of the
   // host's, the machine's memory is one: the buffers are zeroed when allocated, so a session
@@ -631,7 +642,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   const SessionOptions o = normalized(model, given);
   const ModelConfig& c = model.config();
   const auto f32 = [](std::int64_t n) { return static_cast<std::size_t>(n) * sizeof(float); };
-  const std::int64_t batch = batch_rows(o), seq = o.max_seq_len, threads = o.n_threads;
+  const std::int64_t batch = batch_rows(o), seq = o.max_seq_len, threads = scratch_threads(o);
   const std::int64_t kv_dim = c.kv_dim();
   const std::int64_t max_in = std::max({c.dim, c.q_dim(), c.hidden_dim});
   std::size_t bytes = 2 * static_cast<std::size_t>(c.n_layers) * static_cast<std::size_t>(seq) *
@@ -641,7 +652,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   bytes += f32(batch * (c.dim + 2 * c.q_dim() + 2 * c.hidden_dim));  // xb, q, att, gate, up
   bytes += f32(2 * batch * kv_dim);                             // k, v before they are stored
   bytes += static_cast<std::size_t>(batch) * sizeof(SequenceRows);  // where a pass's rows go
-  bytes += AttentionScratch::bytes_needed(o.n_threads, c.group(), kv_dim, o.kv_type);
+  bytes += AttentionScratch::bytes_needed(static_cast<int>(threads), c.group(), kv_dim, o.kv_type);
   bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(BlockQ8_0);
   bytes += static_cast<std::size_t>(batch * ((max_in + 255) / 256)) * sizeof(BlockQ8_K);
   bytes += f32(threads * MatmulScratch::kTileRows * max_in);    // dequantized weight tiles
@@ -716,9 +727,7 @@ inline GenerateResult Session::generate(Span<const Token> prompt, const Generate
   }
   int keep = position();  // cached tokens the call keeps
   if (replace) {
-    const auto common = std::mismatch(tokens_.begin(), tokens_.end(), prompt_tokens.begin(),
-                                      prompt_tokens.end());
-    keep = std::min(static_cast<int>(common.first - tokens_.begin()), exact_);
+    keep = reusable_prefix(prompt_tokens);
     prompt_tokens.erase(prompt_tokens.begin(), prompt_tokens.begin() + keep);
   }
   int discard = 0;
@@ -1021,21 +1030,7 @@ inline void Session::load(std::istream& in) {
 }
 
 inline void Session::save_file(const std::string& path) const {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(ErrorCode::kIo, temporary + ": cannot open for writing");
-    save(out);
-    out.close();
-    if (!out) {
-      std::remove(temporary.c_str());
-      throw Error(ErrorCode::kIo, temporary + ": cannot write");
-    }
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    std::remove(temporary.c_str());
-    throw Error(ErrorCode::kIo, path + ": cannot replace it with " + temporary);
-  }
+  detail::write_file_atomically(path, [this](std::ostream& out) { save(out); });
 }
 
 inline void Session::load_file(const std::string& path) {
