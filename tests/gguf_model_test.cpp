@@ -95,9 +95,10 @@ double worst_row_cosine(const std::vector<float>& a, const std::vector<double>& 
 }
 
 // 64 tokens of varied ids, the same for every file (tinygqa's weights are random: any ids do).
+// More tokens than MatmulScratch::kMaxGemvTokens, so that a prefill of them takes the batch path.
 std::vector<Token> probe_tokens(int vocab) {
   std::vector<Token> tokens = {1};
-  for (int i = 1; i < 64; ++i) tokens.push_back((i * 37 + 11) % vocab);
+  for (int i = 1; i < 96; ++i) tokens.push_back((i * 37 + 11) % vocab);
   return tokens;
 }
 
@@ -171,8 +172,9 @@ TEST(GgufModel, TinyGqaF32LogitsEqualTheCheckpoints) {
 
 class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 
-// Both paths: decode (gemv on the stored rows, 8-bit activations for Q4_0) and prefill
-// (dequantized tiles in float), each against the float64 reference.
+// Both paths, each against the float64 reference: decode (gemv on the stored rows, with 8-bit
+// activations for the quantized types) and a prefill of 96 tokens (gemm with 8-bit activations
+// for Q8_0 and Q4_0 on the AVX-512 path, dequantized tiles in float otherwise).
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
   KVLM_REQUIRE_MODEL(gguf, std::string("tinygqa/tinygqa-") + bound.type + ".gguf");

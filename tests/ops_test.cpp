@@ -129,9 +129,10 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
 
 // Weights of every stored type: the product must equal the plain loop over the exactly
 // dequantized weights. Up to MatmulScratch::kMaxGemvTokens tokens it runs the gemv kernels,
-// which for Q4_0 take the activations rounded to 8-bit blocks: each x_i moves by at most half a
-// step d = amax / 127 of its block (plus the float16 rounding of d, 127 * 2^-11 d), so the error
-// is bounded by sum_i |w_i| * 0.57 d. Every other case computes in float: kMatmulRelTolerance.
+// which for Q4_0 take the activations rounded to 8-bit blocks, and so do the gemm kernels
+// (Q4_0 and Q8_0 on paths that have them) beyond: each x_i moves by at most half a step
+// d = amax / 127 of its block (plus the float16 rounding of d, 127 * 2^-11 d), so the error is
+// bounded by sum_i |w_i| * 0.57 d. Every other case computes in float: kMatmulRelTolerance.
 class OpsTypedMatmul : public ::testing::TestWithParam<std::tuple<DType, int, int>> {};
 
 TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
@@ -148,9 +149,10 @@ TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
   MatmulScratch scratch(n_tokens, in, n_threads);
   matmul(x.view(), wv, y.view(), scratch, n_threads);
 
-  const bool int8_activations =
-      kernels::kernels(type).decode_activation == DType::kQ8_0 &&
-      n_tokens <= MatmulScratch::kMaxGemvTokens;
+  const kernels::TypeKernels& k = kernels::kernels(type);
+  const bool int8_activations = n_tokens <= MatmulScratch::kMaxGemvTokens
+                                    ? k.decode_activation == DType::kQ8_0
+                                    : k.gemm != nullptr;
   std::vector<float> row(in);
   for (std::int64_t r = 0; r < out; ++r) {
     kernels::scalar::to_float(type, wv.row(r), row.data(), in);

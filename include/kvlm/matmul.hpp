@@ -5,13 +5,15 @@
 //    than kMaxF32GemvTokens (matrix-matrix). For 2 to 4 tokens Eigen's packing (a copy of the
 //    weights) costs more than the product, so they take the next path;
 //  - other types, for up to kMaxGemvTokens tokens (decode, and sessions decoding together), run
-//    the type's gemv kernel for every token over tiles of kGemvTileRows rows as stored, which stay
-//    in cache while the tokens pass over them, with the activations quantized once per call
-//    where that decodes faster (to Q8_0 blocks for Q4_0, to Q8_K blocks of 256 for the
-//    K-quants). Each output is then exactly the same whatever the number of tokens, so sessions
-//    batched together compute what each computes alone;
-//  - other types, for more tokens (prefill), dequantize tiles of kTileRows weight rows into a
-//    per-thread float tile and multiply the whole batch by each tile with Eigen.
+//    over tiles of kGemvTileRows rows as stored, which stay in cache while the tokens pass over
+//    them, with the activations quantized once per call where the type decodes with 8-bit ones
+//    (to Q8_0 blocks for Q8_0 and Q4_0, to Q8_K blocks of 256 for the K-quants): the type's
+//    gemm kernel where the path has one (several tokens per weight block), else its gemv kernel
+//    for every token. Each output is exactly the same whatever the number of tokens, so
+//    sessions batched together compute what each computes alone;
+//  - other types, for more tokens (prefill), run the gemm kernel where there is one, else
+//    dequantize tiles of kTileRows weight rows into a per-thread float tile and multiply the
+//    whole batch by each tile with Eigen.
 // Rows of all the products are split across the threads, so each thread reads only its share of
 // the weights and the threads meet once per call.
 
@@ -38,10 +40,11 @@ class MatmulScratch {
   // every tile, so wider tiles amortise that better: on tinyllama-1.1b's shape, 512 tokens, 256
   // rows prefilled about 5% faster than 64 (a tile of 5632-wide rows is then 5.8 MB a thread).
   static constexpr std::int64_t kTileRows = 256;
-  // Up to this many tokens a non-F32 product runs the gemv kernels on the stored rows; beyond
-  // it, dequantizing a tile once and sharing it across the batch is faster (the gemv kernels
-  // take one token at a time: on tinyllama-1.1b's shape, prefilling 512 tokens with them ran at
-  // 0.60x for Q4_0 and 0.86x for Q4_K_M, though 1.16x for Q8_0's integer dot).
+  // Up to this many tokens a non-F32 product without a gemm kernel runs the gemv kernels on
+  // the stored rows; beyond it, dequantizing a tile once and sharing it across the batch is
+  // faster (the gemv kernels take one token at a time: on tinyllama-1.1b's shape, prefilling
+  // 512 tokens with them ran at 0.60x for Q4_0 and 0.86x for Q4_K_M). The gemm kernels beat the
+  // tiles at any size: 512 tokens prefill 1.5x (Q4_0) and 1.8x (Q8_0) faster with them.
   static constexpr std::int64_t kMaxGemvTokens = 64;
   // F32 products of 2 up to this many tokens run gemv too. Sessions decoding together on
   // stories110M's shape (2 threads, aggregate over one session): gemv 1.6x, 2.3x, 3.2x and
@@ -55,14 +58,19 @@ class MatmulScratch {
       : max_in_(max_in),
         quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
         quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
+        prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(
+                                  (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize * BlockQ8_0::kSize))}),
         tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
 
   std::int64_t max_in() const { return max_in_; }
   std::size_t byte_size() const {
-    return quantized_.byte_size() + quantized_k_.byte_size() + tiles_.byte_size();
+    return quantized_.byte_size() + quantized_k_.byte_size() + prepared_.byte_size() +
+           tiles_.byte_size();
   }
   // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
+  // The rows of x prepared for a gemm kernel: [max_batch, prepared_bytes(max_in)] bytes.
+  std::byte* prepared() { return prepared_.data(); }
   // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.
   BlockQ8_K* quantized_k(std::int64_t t) { return quantized_k_.view().row(t); }
   // A thread's tile of dequantized weight rows: [kTileRows, max_in].
@@ -72,6 +80,7 @@ class MatmulScratch {
   std::int64_t max_in_;
   Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(max_in / 32)]
   Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(max_in / 256)]
+  Tensor<std::byte> prepared_;   // [max_batch, prepared_bytes(max_in)]
   Tensor<float> tiles_;          // [n_threads, kTileRows, max_in]
 };
 
@@ -83,9 +92,20 @@ struct Product {
 
 namespace detail {
 
-// Rows [lo, hi) of one product.
+using Prepare = void (*)(const BlockQ8_0* x, std::int64_t cols, void* out);
+
+// Whether a product of n_tokens tokens runs type kernels k's gemm: for several tokens where the
+// type decodes with 8-bit activations (so a token's output is the same in a batch as alone), and
+// for every prefill beyond kMaxGemvTokens tokens.
+inline bool uses_gemm(const kernels::TypeKernels& k, std::int64_t n_tokens) {
+  return k.gemm != nullptr && n_tokens > 1 &&
+         (k.decode_activation == DType::kQ8_0 || n_tokens > MatmulScratch::kMaxGemvTokens);
+}
+
+// Rows [lo, hi) of one product. The scratch holds x quantized, and prepared by `prepared`
+// (null if by none).
 inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_t lo,
-                        std::int64_t hi, MatmulScratch& scratch, int thread) {
+                        std::int64_t hi, MatmulScratch& scratch, int thread, Prepare prepared) {
   const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
   Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
       p.y.data() + lo, n_tokens, n, Eigen::OuterStride<>(p.y.cols()));  // [n_tokens, n]
@@ -100,6 +120,14 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
     return;
   }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
+  if (uses_gemm(k, n_tokens) && k.prepare == prepared) {
+    // The tokens pass over tiles of rows that stay in cache.
+    for (std::int64_t r = lo; r < hi; r += MatmulScratch::kGemvTileRows) {
+      const std::int64_t rows = std::min(MatmulScratch::kGemvTileRows, hi - r);
+      k.gemm(p.w.row(r), rows, in, scratch.prepared(), n_tokens, p.y.data() + r, p.y.cols());
+    }
+    return;
+  }
   if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
     // One token reads its rows in one pass, which the kernels prefetch as a stream.
     const std::int64_t tile = n_tokens == 1 ? n : MatmulScratch::kGemvTileRows;
@@ -135,19 +163,31 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
   const std::int64_t n_tokens = x.rows();
   std::int64_t total_rows = 0;
   bool quantize = false, quantize_k = false;
+  // The gemm kernels' activation is prepared once, for the first product's type that uses one;
+  // a product of another type whose gemm wants a different preparation runs gemv instead.
+  detail::Prepare prepare = nullptr;
   for (const Product& p : products) {
     KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
     total_rows += p.w.rows;
-    if (p.w.dtype == DType::kF32 || n_tokens > MatmulScratch::kMaxGemvTokens) continue;
-    const DType a = kernels::kernels(p.w.dtype).decode_activation;
-    quantize = quantize || a == DType::kQ8_0;
-    quantize_k = quantize_k || a == DType::kQ8_K;
+    if (p.w.dtype == DType::kF32) continue;
+    const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
+    if (detail::uses_gemm(k, n_tokens)) {
+      quantize = true;
+      if (prepare == nullptr) prepare = k.prepare;
+    } else if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
+      quantize = quantize || k.decode_activation == DType::kQ8_0;
+      quantize_k = quantize_k || k.decode_activation == DType::kQ8_K;
+    }
   }
   KVLM_ASSERT(x.cols() <= scratch.max_in());
   // Once for every product and thread; x.cols() is a multiple of 32 (of 256 for quantize_k) here.
+  const std::size_t prepared_bytes = kernels::prepared_bytes(x.cols());
   for (std::int64_t t = 0; t < n_tokens; ++t) {
     if (quantize) kernels::quantize_activation(x.row(t), scratch.quantized(t), x.cols());
     if (quantize_k) kernels::quantize_activation_k(x.row(t), scratch.quantized_k(t), x.cols());
+    if (prepare != nullptr) {
+      prepare(scratch.quantized(t), x.cols(), scratch.prepared() + t * prepared_bytes);
+    }
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
                             [&](std::int64_t begin, std::int64_t end, int thread) {
@@ -156,7 +196,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       const std::int64_t lo = std::max(begin, first_row) - first_row;
       const std::int64_t hi = std::min(end, first_row + p.w.rows) - first_row;
       first_row += p.w.rows;
-      if (lo < hi) detail::matmul_rows(x, p, lo, hi, scratch, thread);
+      if (lo < hi) detail::matmul_rows(x, p, lo, hi, scratch, thread, prepare);
     }
   });
 }

@@ -16,6 +16,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -29,6 +30,10 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+
+// The loops over a tile's rows and tokens are unrolled, so that the tile's accumulators live in
+// registers (GCC at -O2 keeps such arrays in memory otherwise).
+#define KVLM_UNROLL _Pragma("GCC unroll 16")
 
 #define KVLM_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -350,6 +355,206 @@ KVLM_TARGET_AVX512 inline void gemv_blocks(const void* w, std::int64_t rows, std
   for (; r < rows; ++r) gemv_blocks_rows<Kernel, 1>(wb + r * n_blocks, n_blocks, xa, y + r, 0);
 }
 
+// --- Several tokens at once (Q8_0, Q4_0) ---------------------------------------------------------
+// gemm unpacks each weight block once for several tokens (kGemmTokens) and multiplies it by each
+// of their activations, kGemmRows rows side by side so that each activation load feeds several
+// rows. What the steps above compute from the activation on every row (the Q4_0 lane order, the
+// offset, the scales as floats) prepare computes once per matmul into a PreparedPair per two
+// blocks. Each (row, token) accumulates in the lanes and order of its gemv step, so gemm's outputs
+// are gemv's bit for bit: a token gives the same output alone or in a batch.
+//
+// Measured on a 5632 x 2048 matrix in L3 over 64-row tiles, one Zen 5 core: 8 tokens cost 2.3x
+// one token's gemv in Q4_0 and 2.6x in Q8_0 (a gemv per token: 7.9x and 7.7x); tiles of 2 rows x
+// 8 tokens beat 4 x 4, 3 x 4, 2 x 6, 2 x 4, 1 x 8 and 4 x 2. From DRAM, without the prefetch
+// below, rows read side by side were slow: 2 tokens cost 3.2x one token, with it 0.95x.
+
+constexpr int kGemmRows = 2;
+constexpr int kGemmTokens = 8;
+constexpr int kGemmPrefetchRows = 16;
+
+/// Two blocks of one token's activation, ready for gemm: what the weight type's step computes
+/// from them on every row.
+struct PreparedPair {
+  std::int8_t q[64];      // the blocks' q in the step's lane order (Q8_0: q + 128, unsigned)
+  std::int32_t base[16];  // Q4_0: where each lane's sum starts, -8 x its four q (the weights'
+                          // offset); Q8_0: unused
+  float d[16];            // the blocks' scales over the lanes of their products
+};
+static_assert(sizeof(PreparedPair) == 192);
+
+// One token's PreparedPair, loaded.
+struct PreparedRegisters {
+  __m512i q;
+  __m512i base;
+  __m512 d;
+};
+
+KVLM_TARGET_AVX512 inline PreparedRegisters load_prepared(const PreparedPair& x) {
+  return {_mm512_loadu_si512(x.q), _mm512_loadu_si512(x.base), _mm512_loadu_ps(x.d)};
+}
+
+// Q4_0 weights: Q4_0TimesQ8's step, split into the weights' part (unpack, once per block and row)
+// and the product (multiply, once per block, row and token).
+struct Q4_0Rows {
+  using Block = BlockQ4_0;
+  static constexpr __mmask16 kSecond = 0xF0F0;
+  struct Unpacked {
+    __m512i q;
+    __m512 d;
+  };
+
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static void prepare(const BlockQ8_0* x, PreparedPair* out) {
+    const __m512i x_blocks = load_q8_0<kBlocks>(x);
+    const __m512i xq = _mm512_shuffle_i64x2(x_blocks, x_blocks, _MM_SHUFFLE(3, 1, 2, 0));
+    const __m512i zero = _mm512_setzero_si512();
+    _mm512_storeu_si512(out->q, xq);
+    _mm512_storeu_si512(out->base,
+                       _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), xq)));
+    _mm512_storeu_ps(out->d, block_scales<kBlocks>(x, kSecond));
+  }
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ4_0* w) {
+    return {load_q4_0<kBlocks>(w), block_scales<kBlocks>(w, kSecond)};
+  }
+  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
+                                            __m512 acc) {
+    const __m512i sums = _mm512_dpbusd_epi32(x.base, w.q, x.q);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
+  }
+};
+
+// Q8_0 weights: the same sums as Q8_0TimesQ8's step. dpbusd multiplies unsigned by signed bytes;
+// here the activation is the unsigned side, stored as q + 128 (1 to 255, since q is never
+// -128), and each lane starts at -128 x the sum of its four weights.
+struct Q8_0Rows {
+  using Block = BlockQ8_0;
+  static constexpr __mmask16 kSecond = 0xFF00;
+  struct Unpacked {
+    __m512i q;
+    __m512i base;
+    __m512 d;
+  };
+
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static void prepare(const BlockQ8_0* x, PreparedPair* out) {
+    const __m512i shifted = _mm512_xor_si512(load_q8_0<kBlocks>(x), _mm512_set1_epi8(-128));
+    _mm512_storeu_si512(out->q, shifted);
+    _mm512_storeu_si512(out->base, _mm512_setzero_si512());
+    _mm512_storeu_ps(out->d, block_scales<kBlocks>(x, kSecond));
+  }
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ8_0* w) {
+    const __m512i q = load_q8_0<kBlocks>(w);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), q));
+    return {q, base, block_scales<kBlocks>(w, kSecond)};
+  }
+  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
+                                            __m512 acc) {
+    const __m512i sums = _mm512_dpbusd_epi32(w.base, x.q, w.q);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
+  }
+};
+
+// x: [cols / 32] BlockQ8_0 from quantize_activation; out: [ceil(cols / 64)] PreparedPair.
+template <typename Kernel>
+KVLM_TARGET_AVX512 inline void prepare(const BlockQ8_0* x, std::int64_t cols, void* out) {
+  auto* pairs = static_cast<PreparedPair*>(out);
+  const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
+  std::int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) Kernel::template prepare<2>(x + b, pairs + b / 2);
+  if (b < n_blocks) Kernel::template prepare<1>(x + b, pairs + b / 2);
+}
+
+// The kBlocks blocks from block column b of kRows rows times kTokens tokens' PreparedPair.
+template <typename Kernel, int kRows, int kTokens, int kBlocks>
+KVLM_TARGET_AVX512 inline void gemm_step(const typename Kernel::Block* w, std::int64_t n_blocks,
+                                         const PreparedPair* x, std::int64_t x_pairs,
+                                         std::int64_t b, __m512 (&acc)[kRows][kTokens],
+                                         std::int64_t ahead) {
+  if (ahead != 0) {
+    KVLM_UNROLL
+    for (int r = 0; r < kRows; ++r) prefetch_l2(w + r * n_blocks + b + ahead);
+  }
+  typename Kernel::Unpacked rows[kRows];
+  KVLM_UNROLL
+  for (int r = 0; r < kRows; ++r) rows[r] = Kernel::template unpack<kBlocks>(w + r * n_blocks + b);
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) {
+    const PreparedRegisters xt = load_prepared(x[t * x_pairs + b / 2]);
+    KVLM_UNROLL
+    for (int r = 0; r < kRows; ++r) acc[r][t] = Kernel::multiply(rows[r], xt, acc[r][t]);
+  }
+}
+
+// y[t * ldy + r] = row r · token t for kRows rows and kTokens tokens; w: [kRows, n_blocks],
+// x: [kTokens, x_pairs]. Prefetches from w + ahead on unless ahead is 0.
+template <typename Kernel, int kRows, int kTokens>
+KVLM_TARGET_AVX512 inline void gemm_tile(const typename Kernel::Block* w, std::int64_t n_blocks,
+                                         const PreparedPair* x, std::int64_t x_pairs, float* y,
+                                         std::int64_t ldy, std::int64_t ahead) {
+  __m512 acc[kRows][kTokens];
+  KVLM_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    KVLM_UNROLL
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
+  std::int64_t b = 0;
+  for (; b + 2 <= n_blocks; b += 2) {
+    gemm_step<Kernel, kRows, kTokens, 2>(w, n_blocks, x, x_pairs, b, acc, ahead);
+  }
+  if (b < n_blocks) gemm_step<Kernel, kRows, kTokens, 1>(w, n_blocks, x, x_pairs, b, acc, 0);
+  KVLM_UNROLL
+  for (int r = 0; r < kRows; ++r) {
+    KVLM_UNROLL
+    for (int t = 0; t < kTokens; ++t) y[t * ldy + r] = horizontal_sum(acc[r][t]);
+  }
+}
+
+// gemm_tile for `tokens` (1 to kGemmTokens) tokens: the runtime count to its instantiation.
+template <typename Kernel, int kRows, int kTokens = kGemmTokens>
+KVLM_TARGET_AVX512 inline void gemm_tile_tokens(int tokens, const typename Kernel::Block* w,
+                                                std::int64_t n_blocks, const PreparedPair* x,
+                                                std::int64_t x_pairs, float* y, std::int64_t ldy,
+                                                std::int64_t ahead) {
+  if constexpr (kTokens > 1) {
+    if (tokens < kTokens) {
+      return gemm_tile_tokens<Kernel, kRows, kTokens - 1>(tokens, w, n_blocks, x, x_pairs, y, ldy,
+                                                          ahead);
+    }
+  }
+  gemm_tile<Kernel, kRows, kTokens>(w, n_blocks, x, x_pairs, y, ldy, ahead);
+}
+
+// y[t * ldy + r] = row r · token t; w: [rows, cols] of Kernel::Block, x: [n_tokens] activations
+// from prepare, prepared_bytes(cols) apart.
+template <typename Kernel>
+KVLM_TARGET_AVX512 inline void gemm(const void* w, std::int64_t rows, std::int64_t cols,
+                                    const void* x, std::int64_t n_tokens, float* y,
+                                    std::int64_t ldy) {
+  const auto* wb = static_cast<const typename Kernel::Block*>(w);
+  const auto* xp = static_cast<const PreparedPair*>(x);
+  const std::int64_t n_blocks = cols / Kernel::Block::kSize, x_pairs = (n_blocks + 1) / 2;
+  for (std::int64_t t = 0; t < n_tokens; t += kGemmTokens) {
+    const int tokens = static_cast<int>(std::min<std::int64_t>(kGemmTokens, n_tokens - t));
+    const PreparedPair* xt = xp + t * x_pairs;
+    // The first tokens read the rows from memory, several side by side: they prefetch the rows
+    // kGemmPrefetchRows on (those of the next tile too, which the next call reads). The others
+    // find the rows in cache.
+    const std::int64_t ahead = t == 0 ? kGemmPrefetchRows * n_blocks : 0;
+    std::int64_t r = 0;
+    for (; r + kGemmRows <= rows; r += kGemmRows) {
+      gemm_tile_tokens<Kernel, kGemmRows>(tokens, wb + r * n_blocks, n_blocks, xt, x_pairs,
+                                          y + t * ldy + r, ldy, ahead);
+    }
+    for (; r < rows; ++r) {
+      gemm_tile_tokens<Kernel, 1>(tokens, wb + r * n_blocks, n_blocks, xt, x_pairs,
+                                  y + t * ldy + r, ldy, ahead);
+    }
+  }
+}
+
 
 // --- K types (Q4_K, Q5_K, Q6_K; layouts in dtype.hpp) -------------------------------------------
 // One step handles one 256-weight block column of kRows rows. The integer kernels multiply
@@ -650,6 +855,30 @@ KVLM_TARGET_AVX512 inline void gemv_q4_0(const void* w, std::int64_t rows, std::
   gemv_blocks<Q4_0TimesQ8>(w, rows, cols, x, y);
 }
 
+/// x: [n_tokens] activations from prepare_q8_0, prepared_bytes(cols) apart; y: [n_tokens, ldy].
+KVLM_TARGET_AVX512 inline void gemm_q8_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, std::int64_t n_tokens, float* y,
+                                         std::int64_t ldy) {
+  gemm<Q8_0Rows>(w, rows, cols, x, n_tokens, y, ldy);
+}
+
+/// x: [n_tokens] activations from prepare_q4_0, prepared_bytes(cols) apart; y: [n_tokens, ldy].
+KVLM_TARGET_AVX512 inline void gemm_q4_0(const void* w, std::int64_t rows, std::int64_t cols,
+                                         const void* x, std::int64_t n_tokens, float* y,
+                                         std::int64_t ldy) {
+  gemm<Q4_0Rows>(w, rows, cols, x, n_tokens, y, ldy);
+}
+
+/// x: [cols / 32] BlockQ8_0 from quantize_activation; out: prepared_bytes(cols) bytes.
+KVLM_TARGET_AVX512 inline void prepare_q8_0(const BlockQ8_0* x, std::int64_t cols, void* out) {
+  prepare<Q8_0Rows>(x, cols, out);
+}
+
+/// x: [cols / 32] BlockQ8_0 from quantize_activation; out: prepared_bytes(cols) bytes.
+KVLM_TARGET_AVX512 inline void prepare_q4_0(const BlockQ8_0* x, std::int64_t cols, void* out) {
+  prepare<Q4_0Rows>(x, cols, out);
+}
+
 /// x: [cols] floats.
 KVLM_TARGET_AVX512 inline void gemv_q8_0_f32(const void* w, std::int64_t rows, std::int64_t cols,
                                              const void* x, float* y) {
@@ -806,3 +1035,4 @@ KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* 
 #endif
 
 #undef KVLM_TARGET_AVX512  // the attribute belongs to these definitions, not to the host
+#undef KVLM_UNROLL

@@ -99,9 +99,11 @@ struct TypeKernels {
   /// Which gemv decoding uses, measured per type (README, "Weight types"): kF32, gemv_f32 on the
   /// float activations; kQ8_0, gemv on quantize_activation's BlockQ8_0; kQ8_K, gemv on
   /// quantize_activation_k's BlockQ8_K. On tinyllama-1.1b's shape with 2 threads, Q4_0 decodes
-  /// about 15% faster with 8-bit activations, while Q8_0 decodes at the same speed with float
-  /// ones (memory-bound either way) and so keeps them: exact. The K types decode with BlockQ8_K:
-  /// on a 4096 x 4096 matrix from DRAM, one Zen 5 core, their integer gemv runs at 28-32 GB/s
+  /// about 15% faster with 8-bit activations. Q8_0 decodes at the same speed with either
+  /// (memory-bound), and takes 8-bit ones because its gemm does: sessions decoding together then
+  /// share each weight block, 3.8x one session's tokens/s at 8 sessions (1.0x with float
+  /// activations and a gemv per token), and each still gets what it gets alone. The K types
+  /// decode with BlockQ8_K: on a 4096 x 4096 matrix from DRAM, one Zen 5 core, their integer gemv runs at 28-32 GB/s
   /// with AVX-512 (22-32 with AVX2), their float one at 7-12 GB/s (it dequantizes each block
   /// first), and tinygqa's logits stay as close to the exact ones as llama.cpp's.
   DType decode_activation;
@@ -114,7 +116,22 @@ struct TypeKernels {
   void (*gemv_f32)(const void* w, std::int64_t rows, std::int64_t cols, const void* x, float* y);
   /// Dequantizes one row: row: [n] of the type, out: [n] floats. Exact: d * q in float.
   void (*to_float)(const void* row, float* out, std::int64_t n);
+  /// Several tokens at once, each weight block unpacked once for all of them, where the path has
+  /// such a kernel (null otherwise: matmul then runs gemv for each token).
+  /// y[t * ldy + r] = row r · token t, bit for bit what gemv gives token t alone; x: n_tokens
+  /// activations from prepare, prepared_bytes(cols) bytes apart.
+  void (*gemm)(const void* w, std::int64_t rows, std::int64_t cols, const void* x,
+               std::int64_t n_tokens, float* y, std::int64_t ldy) = nullptr;
+  /// gemm's activation (prepared_bytes(cols) bytes) from one token's quantize_activation blocks
+  /// (x: [cols / 32]).
+  void (*prepare)(const BlockQ8_0* x, std::int64_t cols, void* out) = nullptr;
 };
+
+/// Bytes of one token's activation prepared for gemm (cols a multiple of 32).
+inline std::size_t prepared_bytes(std::int64_t cols) {
+  const std::int64_t pairs = (cols / BlockQ8_0::kSize + 1) / 2;
+  return static_cast<std::size_t>(pairs) * sizeof(avx512::PreparedPair);
+}
 
 namespace detail {
 
@@ -169,7 +186,7 @@ inline constexpr TableEntry kScalarTable[] = {
                    scalar_to_float<DType::kF16>}},
     {DType::kBF16, {kFloatX, scalar_gemv<DType::kBF16>, scalar_gemv<DType::kBF16>,
                     scalar_to_float<DType::kBF16>}},
-    {DType::kQ8_0, {kFloatX, scalar_gemv_q8<DType::kQ8_0>, scalar_gemv<DType::kQ8_0>,
+    {DType::kQ8_0, {kQuantizedX, scalar_gemv_q8<DType::kQ8_0>, scalar_gemv<DType::kQ8_0>,
                     scalar_to_float<DType::kQ8_0>}},
     {DType::kQ4_0, {kQuantizedX, scalar_gemv_q8<DType::kQ4_0>, scalar_gemv<DType::kQ4_0>,
                     scalar_to_float<DType::kQ4_0>}},
@@ -186,7 +203,7 @@ inline constexpr TableEntry kAvx2Table[] = {
     {DType::kF32, {kFloatX, avx2::gemv_f32, avx2::gemv_f32, scalar_to_float<DType::kF32>}},
     {DType::kF16, {kFloatX, avx2::gemv_f16, avx2::gemv_f16, avx2::to_float_f16}},
     {DType::kBF16, {kFloatX, avx2::gemv_bf16, avx2::gemv_bf16, avx2::to_float_bf16}},
-    {DType::kQ8_0, {kFloatX, avx2::gemv_q8_0, avx2::gemv_q8_0_f32, avx2::to_float_q8_0}},
+    {DType::kQ8_0, {kQuantizedX, avx2::gemv_q8_0, avx2::gemv_q8_0_f32, avx2::to_float_q8_0}},
     {DType::kQ4_0, {kQuantizedX, avx2::gemv_q4_0, avx2::gemv_q4_0_f32, avx2::to_float_q4_0}},
     {DType::kQ4_K, {kQuantizedKX, avx2::gemv_q4_k, avx2::gemv_q4_k_f32, avx2::to_float_q4_k}},
     {DType::kQ5_K, {kQuantizedKX, avx2::gemv_q5_k, avx2::gemv_q5_k_f32, avx2::to_float_q5_k}},
@@ -197,8 +214,10 @@ inline constexpr TableEntry kAvx512Table[] = {
     {DType::kF32, {kFloatX, avx512::gemv_f32, avx512::gemv_f32, scalar_to_float<DType::kF32>}},
     {DType::kF16, {kFloatX, avx512::gemv_f16, avx512::gemv_f16, avx512::to_float_f16}},
     {DType::kBF16, {kFloatX, avx512::gemv_bf16, avx512::gemv_bf16, avx512::to_float_bf16}},
-    {DType::kQ8_0, {kFloatX, avx512::gemv_q8_0, avx512::gemv_q8_0_f32, avx512::to_float_q8_0}},
-    {DType::kQ4_0, {kQuantizedX, avx512::gemv_q4_0, avx512::gemv_q4_0_f32, avx512::to_float_q4_0}},
+    {DType::kQ8_0, {kQuantizedX, avx512::gemv_q8_0, avx512::gemv_q8_0_f32, avx512::to_float_q8_0,
+                    avx512::gemm_q8_0, avx512::prepare_q8_0}},
+    {DType::kQ4_0, {kQuantizedX, avx512::gemv_q4_0, avx512::gemv_q4_0_f32, avx512::to_float_q4_0,
+                    avx512::gemm_q4_0, avx512::prepare_q4_0}},
     {DType::kQ4_K, {kQuantizedKX, avx512::gemv_q4_k, avx512::gemv_q4_k_f32, avx512::to_float_q4_k}},
     {DType::kQ5_K, {kQuantizedKX, avx512::gemv_q5_k, avx512::gemv_q5_k_f32, avx512::to_float_q5_k}},
     {DType::kQ6_K, {kQuantizedKX, avx512::gemv_q6_k, avx512::gemv_q6_k_f32, avx512::to_float_q6_k}},
