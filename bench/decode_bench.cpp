@@ -9,17 +9,19 @@
 //       weights read per token), as a fraction of the bandwidth roofline, with the bandwidth
 //       measured between its own timed iterations.
 //   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
+//   BM_PeakInt8  its peak rate of 8-bit multiply-adds (AVX-512 VNNI), the integer gemm's limit.
 //   BM_Prefill/512  a 512-token prompt on that shape, as a fraction of the peak.
 //   BM_SessionReprefill/512, BM_SessionFork/512, BM_SessionLoad/512  three ways to get a session
 //       holding a 512-token prompt on that shape.
 //   BM_KvTypeDecode/<type>  decode steps at position 2048 with each KV cache type.
 //   BM_BatchedDecode/<model>/<B>  B sessions decoding together through one Batcher: aggregate
 //       and per-session tok/s (stories110M's shape in F32, and from $KVLM_BENCH_MODELS
-//       stories110M Q4_0 and tinyllama-1.1b F32 and Q4_0).
+//       stories110M Q4_0 and tinyllama-1.1b F32, Q8_0 and Q4_0).
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
 #include <benchmark/benchmark.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <chrono>
@@ -258,8 +260,57 @@ void BM_PeakFlops(benchmark::State& state) {
 }
 BENCHMARK(BM_PeakFlops)->UseManualTime()->Iterations(1);
 
+// This machine's peak rate of 8-bit multiply-adds (AVX-512 VNNI vpdpbusd, 12 independent
+// chains), as operations (2 per multiply-add, as FLOPs count them) per second on all threads: the
+// limit of the integer gemm that Q8_0 and Q4_0 prefill with. 0 on a CPU without AVX-512 VNNI.
+__attribute__((target("avx512f,avx512vnni"))) std::int32_t int8_chains(std::int64_t steps,
+                                                                        int seed) {
+  constexpr int kChains = 12;
+  __m512i acc[kChains];
+  for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_epi32(k + seed);
+  const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+  for (std::int64_t i = 0; i < steps; ++i) {
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], a, b);
+  }
+  std::int32_t sum = 0;
+  for (int k = 0; k < kChains; ++k) sum += _mm512_reduce_add_epi32(acc[k]);
+  return sum;
+}
+
+double measure_peak_int8_ops() {
+  static const double ops_per_second = [] {
+    if (!kvlm::kernels::simd_supported(kvlm::kernels::Simd::kAvx512)) return 0.0;
+    constexpr std::int64_t kSteps = 20'000'000;
+    const int threads = kvlm::detail::hardware_threads();
+    std::vector<std::int32_t> sink(64, 0);
+    const auto start = std::chrono::steady_clock::now();
+    kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
+                                    [&](std::int64_t, std::int64_t, int thread) {
+      sink[thread] = int8_chains(kSteps, thread);
+    });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    benchmark::DoNotOptimize(sink.data());
+    return 2.0 * 12 * 64 * kSteps * threads / seconds;  // 12 chains of 64 multiply-adds
+  }();
+  return ops_per_second;
+}
+
+void BM_PeakInt8(benchmark::State& state) {
+  const double peak = measure_peak_int8_ops();
+  if (peak == 0.0) {
+    state.SkipWithError("no AVX-512 VNNI on this CPU");
+    return;
+  }
+  for (auto _ : state) state.SetIterationTime(1.0 / peak);
+  state.counters["GOPS"] = peak / 1e9;
+  add_context(state, kvlm::detail::hardware_threads());
+}
+BENCHMARK(BM_PeakInt8)->UseManualTime()->Iterations(1);
+
 // Prefill of a 512-token prompt on the stories110M shape (llama.cpp's pp512), as tok/s and as a
-// fraction of the peak measured above. FLOPs count 2 per weight per token (the classifier's for
+// fraction of the peak measured above (and of the 8-bit peak, for weights whose prefill runs
+// the integer gemm). FLOPs count 2 per weight per token (the classifier's for
 // the last token only) and the causal half of attention's two products.
 void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
                           int n_tokens) {
@@ -283,6 +334,11 @@ void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const k
       benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["fraction_of_peak"] = benchmark::Counter(
       flops / measure_peak_flops(), benchmark::Counter::kIsIterationInvariantRate);
+  const kvlm::DType layer_type = model->block(0).w_gate.dtype;
+  if (layer_type != kvlm::DType::kF32 && kvlm::kernels::kernels(layer_type).gemm != nullptr) {
+    state.counters["fraction_of_int8_peak"] = benchmark::Counter(
+        flops / measure_peak_int8_ops(), benchmark::Counter::kIsIterationInvariantRate);
+  }
   add_context(state, session.n_threads());
 }
 
@@ -417,7 +473,8 @@ void register_batched_benchmarks() {
   std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>> models =
       {{"stories110M-F32", [] { return stories110m(); }}};
   if (const char* dir = std::getenv("KVLM_BENCH_MODELS"); dir != nullptr && *dir != '\0') {
-    for (const char* name : {"stories110M-Q4_0", "tinyllama-1.1b-F32", "tinyllama-1.1b-Q4_0"}) {
+    for (const char* name : {"stories110M-Q4_0", "tinyllama-1.1b-F32", "tinyllama-1.1b-Q8_0",
+                             "tinyllama-1.1b-Q4_0"}) {
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
       auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();

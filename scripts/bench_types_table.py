@@ -34,9 +34,9 @@ def main(folder, shape, types):
     print(f"{shape} shape, random weights, 2 threads; decode = 16 tokens after a 128-token prompt "
           "(llama-bench: tg128), prefill = 512 tokens (pp512).\n")
     print("| type | decode tok/s | roofline tok/s (GB/s) | of roofline | prefill tok/s "
-          "| of FMA peak (GFLOP/s) | llama.cpp pp / tg | ik_llama.cpp pp / tg "
-          "| ik -rtr pp / tg | kvlm / best peer pp, tg |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| of FMA peak (GFLOP/s) | of int8 peak (GOPS) | llama.cpp pp / tg "
+          "| ik_llama.cpp pp / tg | ik -rtr pp / tg | kvlm / best peer pp, tg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in types:
         name = f"{shape}-{t}"
         run = load(f"{folder}/{name}-kvlm.json")
@@ -50,6 +50,9 @@ def main(folder, shape, types):
                  f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
                  f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
                  f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
+        # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512).
+        int8 = p.get("fraction_of_int8_peak")
+        cells.append(f"{int8:.2f} ({p['GFLOP_per_s'] / int8:.0f})" if int8 else "-")
         best_pp = best_tg = 0.0
         for name_peer in peers:
             r = peer(load(f"{folder}/{name}-{name_peer}.json"))
