@@ -188,14 +188,17 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(std::get<2>(info.param));
     });
 
-// Non-F32 weights, up to kMaxGemvTokens tokens: each token's outputs are exactly those of the
-// token alone, whatever the others (what lets sessions decode together and get what each gets
-// alone). Rows span more than one kGemvTileRows tile.
+// Up to kMaxGemvTokens tokens (kMaxF32GemvTokens for F32): each token's outputs are exactly
+// those of the token alone, whatever the others (what lets sessions decode together and get what
+// each gets alone). Rows span more than one kGemvTileRows tile.
 TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
-  const std::int64_t in = 256, out = 150, n_tokens = MatmulScratch::kMaxGemvTokens;
-  const Tensor<float> x = random_tensor(n_tokens, in, 30);
+  const std::int64_t in = 256, out = 150;
   const Tensor<float> w = random_tensor(out, in, 31);
-  for (DType type : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                     DType::kQ4_K, DType::kQ6_K}) {
+    const std::int64_t n_tokens = type == DType::kF32 ? MatmulScratch::kMaxF32GemvTokens
+                                                      : MatmulScratch::kMaxGemvTokens;
+    const Tensor<float> x = random_tensor(n_tokens, in, 30);
     std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
     for (std::int64_t r = 0; r < out; ++r) {
       kernels::scalar::from_float(type, w.view().row(r), stored.data() + r * row_bytes(type, in), in);
@@ -204,7 +207,7 @@ TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
     Tensor<float> batch({n_tokens, out}), alone({1, out});
     MatmulScratch scratch(n_tokens, in, 2);
     matmul(x.view(), wv, batch.view(), scratch, 2);
-    for (std::int64_t t = 0; t < n_tokens; t += 7) {
+    for (std::int64_t t = 0; t < n_tokens; t += type == DType::kF32 ? 1 : 7) {
       matmul(x.view().rows_slice(t, 1), wv, alone.view(), scratch, 1);
       for (std::int64_t r = 0; r < out; ++r) {
         ASSERT_EQ(batch.view().row(t)[r], alone.view().row(0)[r]) << to_string(type) << " token " << t << " row " << r;

@@ -1,9 +1,11 @@
 #pragma once
 // matmul: y = x W^T for weights of any DType, the one door through which the forward pass
 // multiplies by a weight matrix. The type decides what runs behind it:
-//  - F32 weights go to Eigen directly for one token (matrix-vector) and for a batch of more
-//    than kMaxF32GemvTokens (matrix-matrix). For 2 to 4 tokens Eigen's packing (a copy of the
-//    weights) costs more than the product, so they take the next path;
+//  - F32 weights, for up to kMaxF32GemvTokens tokens, run the gemv_f32 kernel for every token
+//    (over tiles of kGemvTileRows rows held in cache when there are several), so a host compiled
+//    without -march decodes with the AVX-512 or AVX2 kernel too and a token's outputs do not
+//    depend on the batch; more tokens go to Eigen's matrix product, which for 2 to 4 tokens
+//    costs more in packing (a copy of the weights) than the product;
 //  - other types, for up to kMaxGemvTokens tokens (decode, and sessions decoding together), run
 //    over tiles of kGemvTileRows rows as stored, which stay in cache while the tokens pass over
 //    them, with the activations quantized once per call where the type decodes with 8-bit ones
@@ -46,9 +48,11 @@ class MatmulScratch {
   // 512 tokens with them ran at 0.60x for Q4_0 and 0.86x for Q4_K_M). The gemm kernels beat the
   // tiles at any size: 512 tokens prefill 1.5x (Q4_0) and 1.8x (Q8_0) faster with them.
   static constexpr std::int64_t kMaxGemvTokens = 64;
-  // F32 products of 2 up to this many tokens run gemv too. Sessions decoding together on
-  // stories110M's shape (2 threads, aggregate over one session): gemv 1.6x, 2.3x, 3.2x and
-  // Eigen's product 0.8x, 1.6x, 3.6x at 2, 4 and 8 sessions.
+  // F32 products of up to this many tokens run gemv_f32. One token decodes as fast as with
+  // Eigen's matrix-vector product (tinyllama-1.1b's shape, 2 threads, interleaved twice: 1.50
+  // and 1.49 s against 1.56 and 1.47 s per 16 tokens). Sessions decoding together on
+  // stories110M's shape (aggregate over one session): gemv 1.6x, 2.3x, 3.2x and Eigen's product
+  // 0.8x, 1.6x, 3.6x at 2, 4 and 8 sessions.
   static constexpr std::int64_t kMaxF32GemvTokens = 4;
   // Rows the tokens pass over at a time: 64 rows of 5632 Q8_0 weights are 380 KB, within L2.
   static constexpr std::int64_t kGemvTileRows = 64;
@@ -109,14 +113,8 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
   const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
   Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
       p.y.data() + lo, n_tokens, n, Eigen::OuterStride<>(p.y.cols()));  // [n_tokens, n]
-  const bool f32 = p.w.dtype == DType::kF32;
-  if (f32 && (n_tokens == 1 || n_tokens > MatmulScratch::kMaxF32GemvTokens)) {
-    const auto w_part = p.w.f32().rows_slice(lo, n).matrix();  // [n, in]
-    if (n_tokens == 1) {
-      Eigen::Map<Eigen::VectorXf>(p.y.data() + lo, n).noalias() = w_part * x.vector();
-    } else {
-      y_part.noalias() = x.matrix() * w_part.transpose();
-    }
+  if (p.w.dtype == DType::kF32 && n_tokens > MatmulScratch::kMaxF32GemvTokens) {
+    y_part.noalias() = x.matrix() * p.w.f32().rows_slice(lo, n).matrix().transpose();
     return;
   }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
