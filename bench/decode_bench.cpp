@@ -8,6 +8,8 @@
 //   BM_DecodeRoofline  decode of a random-weight model of stories110M's shape (F32, ~440 MB of
 //       weights read per token), as a fraction of the bandwidth roofline, with the bandwidth
 //       measured between its own timed iterations.
+//   BM_TokenLatency/<pause_us>  the spread of single decode steps on that shape, back to back
+//       and with the host pausing between tokens (the cost of waking idle threads).
 //   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
 //   BM_PeakInt8  its peak rate of 8-bit multiply-adds (AVX-512 VNNI), the integer gemm's limit.
 //   BM_Prefill/512  a 512-token prompt on that shape, as a fraction of the peak.
@@ -219,6 +221,45 @@ void BM_DecodeRoofline(benchmark::State& state) {
   decode_against_roofline(state, stories110m(), 8, 32);
 }
 BENCHMARK(BM_DecodeRoofline)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The spread of per-token latency: 64 decode steps on the stories110M shape, each timed on its
+// own, with the host pausing pause_us between tokens (0: back to back; 2000: a host doing 2 ms of
+// its own work per token, long enough for idle OpenMP threads to stop spinning and sleep, so
+// the next step pays for waking them). Counters: the median, 90th and 99th percentile and
+// largest step, in microseconds.
+void BM_TokenLatency(benchmark::State& state) {
+  constexpr int kSteps = 64;
+  const auto model = stories110m();
+  kvlm::Session session(model, kvlm::SessionOptions{});
+  const std::vector<kvlm::Token> prompt = prompt_of(8, model->config().vocab_size);
+  const auto pause = std::chrono::microseconds(state.range(0));
+  std::vector<double> step_us;
+  for (auto _ : state) {
+    state.PauseTiming();
+    session.reset();
+    kvlm::Span<const float> logits = session.prefill(prompt);
+    for (int i = 0; i < kSteps; ++i) {
+      std::this_thread::sleep_for(pause);
+      const kvlm::Token token = argmax(logits);
+      const auto start = std::chrono::steady_clock::now();
+      logits = session.step(token);
+      step_us.push_back(
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+              .count());
+    }
+    state.ResumeTiming();
+  }
+  std::sort(step_us.begin(), step_us.end());
+  const auto at = [&](double q) {
+    return step_us[static_cast<std::size_t>(q * static_cast<double>(step_us.size() - 1))];
+  };
+  state.counters["p50_us"] = at(0.5);
+  state.counters["p90_us"] = at(0.9);
+  state.counters["p99_us"] = at(0.99);
+  state.counters["max_us"] = step_us.back();
+  add_context(state, session.n_threads());
+}
+BENCHMARK(BM_TokenLatency)->Arg(0)->Arg(2000)->Iterations(4)->Unit(benchmark::kMillisecond);
 
 // Peak float32 arithmetic: 12 independent chains of 16-wide fused multiply-adds on every core.
 // Measured once per run and reused by BM_Prefill.
