@@ -62,8 +62,7 @@ class MatmulScratch {
       : max_in_(max_in),
         quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
         quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
-        prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(
-                                  (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize * BlockQ8_0::kSize))}),
+        prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(max_in))}),
         tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
 
   std::int64_t max_in() const { return max_in_; }

@@ -215,54 +215,112 @@ KVLM_TARGET_AVX512 inline __m512i load_q4_0(const BlockQ4_0* b) {
   return _mm512_and_si512(high_moved, _mm512_set1_epi8(0x0F));
 }
 
-// Q8_0 weights times a quantized activation (BlockQ8_0): block 0's int32 sums in lanes 0..7,
-// block 1's in lanes 8..15.
-struct Q8_0TimesQ8 {
-  using Block = BlockQ8_0;
-  using Activation = BlockQ8_0;
+// The integer kernels split a step in three, so that gemv (one token) and gemm (several, below)
+// compute each (row, token) with the same instructions: activation (what a pair of activation
+// blocks contributes to every row: the lane order, the offset, the scales as floats), unpack
+// (what a row's blocks contribute to every token) and multiply (once per row and token).
 
-  template <int kRows, int kBlocks>
-  KVLM_TARGET_AVX512 static void step(const BlockQ8_0* w, std::int64_t stride,
-                                      const BlockQ8_0* x, std::int64_t b, __m512* acc) {
-    constexpr __mmask16 kSecond = 0xFF00;
-    const __m512i xq = load_q8_0<kBlocks>(x + b);
-    const __m512 dx = block_scales<kBlocks>(x + b, kSecond);
-    const __m512i zero = _mm512_setzero_si512();
-    for (int r = 0; r < kRows; ++r) {
-      const BlockQ8_0* wb = w + r * stride + b;
-      const __m512i wq = load_q8_0<kBlocks>(wb);
-      // dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign, which cannot
-      // overflow since x is never -128.
-      const __m512i xs = _mm512_mask_sub_epi8(xq, _mm512_movepi8_mask(wq), zero, xq);
-      const __m512i sums = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wq), xs);
-      const __m512 d = _mm512_mul_ps(block_scales<kBlocks>(wb, kSecond), dx);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, acc[r]);
-    }
-  }
+/// Two blocks of one token's activation as the weight type's kernel uses them: gemm's prepared
+/// activation, computed once per matmul.
+struct PreparedPair {
+  std::int8_t q[64];      // the blocks' q in the kernel's lane order (Q8_0: q + 128, unsigned)
+  std::int32_t base[16];  // Q4_0: where each lane's sum starts, -8 x its four q (the weights'
+                          // offset); Q8_0: unused
+  float d[16];            // the blocks' scales over the lanes of their products
 };
+static_assert(sizeof(PreparedPair) == 192);
+
+// A PreparedPair in registers.
+struct PreparedRegisters {
+  __m512i q;
+  __m512i base;
+  __m512 d;
+};
+
+KVLM_TARGET_AVX512 inline PreparedRegisters load_prepared(const PreparedPair& x) {
+  return {_mm512_loadu_si512(x.q), _mm512_loadu_si512(x.base), _mm512_loadu_ps(x.d)};
+}
+
+KVLM_TARGET_AVX512 inline void store_prepared(const PreparedRegisters& x, PreparedPair* out) {
+  _mm512_storeu_si512(out->q, x.q);
+  _mm512_storeu_si512(out->base, x.base);
+  _mm512_storeu_ps(out->d, x.d);
+}
 
 // Q4_0 weights times a quantized activation, with the activation's bytes arranged in
 // load_q4_0's order: block 0's int32 sums in lanes 0..3 and 8..11, block 1's in 4..7 and 12..15.
-struct Q4_0TimesQ8 {
+struct Q4_0Rows {
   using Block = BlockQ4_0;
+  static constexpr __mmask16 kSecond = 0xF0F0;
+  struct Unpacked {
+    __m512i q;
+    __m512 d;
+  };
+
+  // The weights are stored as q + 8: starting each sum at -8 * (sum of x) takes the 8 off.
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static PreparedRegisters activation(const BlockQ8_0* x) {
+    const __m512i x_blocks = load_q8_0<kBlocks>(x);
+    const __m512i xq = _mm512_shuffle_i64x2(x_blocks, x_blocks, _MM_SHUFFLE(3, 1, 2, 0));
+    const __m512i zero = _mm512_setzero_si512();
+    return {xq, _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), xq)),
+            block_scales<kBlocks>(x, kSecond)};
+  }
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ4_0* w) {
+    return {load_q4_0<kBlocks>(w), block_scales<kBlocks>(w, kSecond)};
+  }
+  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
+                                            __m512 acc) {
+    const __m512i sums = _mm512_dpbusd_epi32(x.base, w.q, x.q);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
+  }
+};
+
+// Q8_0 weights times a quantized activation: block 0's int32 sums in lanes 0..7, block 1's in
+// 8..15. dpbusd multiplies unsigned by signed bytes; the activation is the unsigned side, as
+// q + 128 (1 to 255, since q is never -128), and each lane starts at -128 x the sum of its four
+// weights.
+struct Q8_0Rows {
+  using Block = BlockQ8_0;
+  static constexpr __mmask16 kSecond = 0xFF00;
+  struct Unpacked {
+    __m512i q;
+    __m512i base;
+    __m512 d;
+  };
+
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static PreparedRegisters activation(const BlockQ8_0* x) {
+    return {_mm512_xor_si512(load_q8_0<kBlocks>(x), _mm512_set1_epi8(-128)),
+            _mm512_setzero_si512(), block_scales<kBlocks>(x, kSecond)};
+  }
+  template <int kBlocks>
+  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ8_0* w) {
+    const __m512i q = load_q8_0<kBlocks>(w);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i sum_128_w = _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), q);
+    return {q, _mm512_sub_epi32(zero, sum_128_w), block_scales<kBlocks>(w, kSecond)};
+  }
+  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
+                                            __m512 acc) {
+    const __m512i sums = _mm512_dpbusd_epi32(w.base, x.q, w.q);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
+  }
+};
+
+// The gemv step of Rows (Q4_0Rows or Q8_0Rows) times a quantized activation (BlockQ8_0).
+template <typename Rows>
+struct TimesQ8 {
+  using Block = typename Rows::Block;
   using Activation = BlockQ8_0;
 
   template <int kRows, int kBlocks>
-  KVLM_TARGET_AVX512 static void step(const BlockQ4_0* w, std::int64_t stride,
-                                      const BlockQ8_0* x, std::int64_t b, __m512* acc) {
-    constexpr __mmask16 kSecond = 0xF0F0;
-    const __m512i x_blocks = load_q8_0<kBlocks>(x + b);
-    const __m512i xq = _mm512_shuffle_i64x2(x_blocks, x_blocks, _MM_SHUFFLE(3, 1, 2, 0));
-    const __m512 dx = block_scales<kBlocks>(x + b, kSecond);
-    // The weights are stored as q + 8: starting each sum at -8 * (sum of x) takes the 8 off.
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i offset =
-        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), xq));
+  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const BlockQ8_0* x,
+                                      std::int64_t b, __m512* acc) {
+    const PreparedRegisters xb = Rows::template activation<kBlocks>(x + b);
     for (int r = 0; r < kRows; ++r) {
-      const BlockQ4_0* wb = w + r * stride + b;
-      const __m512i sums = _mm512_dpbusd_epi32(offset, load_q4_0<kBlocks>(wb), xq);
-      const __m512 d = _mm512_mul_ps(block_scales<kBlocks>(wb, kSecond), dx);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, acc[r]);
+      acc[r] = Rows::multiply(Rows::template unpack<kBlocks>(w + r * stride + b), xb, acc[r]);
     }
   }
 };
@@ -358,10 +416,10 @@ KVLM_TARGET_AVX512 inline void gemv_blocks(const void* w, std::int64_t rows, std
 // --- Several tokens at once (Q8_0, Q4_0) ---------------------------------------------------------
 // gemm unpacks each weight block once for several tokens (kGemmTokens) and multiplies it by each
 // of their activations, kGemmRows rows side by side so that each activation load feeds several
-// rows. What the steps above compute from the activation on every row (the Q4_0 lane order, the
-// offset, the scales as floats) prepare computes once per matmul into a PreparedPair per two
-// blocks. Each (row, token) accumulates in the lanes and order of its gemv step, so gemm's outputs
-// are gemv's bit for bit: a token gives the same output alone or in a batch.
+// rows. What gemv's step computes from the activation on every row (Rows::activation) prepare
+// computes once per matmul into a PreparedPair per two blocks. Each (row, token) then runs the
+// same Rows::multiply in the same order as gemv's step, so gemm's outputs are gemv's bit for
+// bit: a token gives the same output alone or in a batch.
 //
 // Measured on a 5632 x 2048 matrix in L3 over 64-row tiles, one Zen 5 core: 8 tokens cost 2.3x
 // one token's gemv in Q4_0 and 2.6x in Q8_0 (a gemv per token: 7.9x and 7.7x); tiles of 2 rows x
@@ -372,99 +430,16 @@ constexpr int kGemmRows = 2;
 constexpr int kGemmTokens = 8;
 constexpr int kGemmPrefetchRows = 16;
 
-/// Two blocks of one token's activation, ready for gemm: what the weight type's step computes
-/// from them on every row.
-struct PreparedPair {
-  std::int8_t q[64];      // the blocks' q in the step's lane order (Q8_0: q + 128, unsigned)
-  std::int32_t base[16];  // Q4_0: where each lane's sum starts, -8 x its four q (the weights'
-                          // offset); Q8_0: unused
-  float d[16];            // the blocks' scales over the lanes of their products
-};
-static_assert(sizeof(PreparedPair) == 192);
-
-// One token's PreparedPair, loaded.
-struct PreparedRegisters {
-  __m512i q;
-  __m512i base;
-  __m512 d;
-};
-
-KVLM_TARGET_AVX512 inline PreparedRegisters load_prepared(const PreparedPair& x) {
-  return {_mm512_loadu_si512(x.q), _mm512_loadu_si512(x.base), _mm512_loadu_ps(x.d)};
-}
-
-// Q4_0 weights: Q4_0TimesQ8's step, split into the weights' part (unpack, once per block and row)
-// and the product (multiply, once per block, row and token).
-struct Q4_0Rows {
-  using Block = BlockQ4_0;
-  static constexpr __mmask16 kSecond = 0xF0F0;
-  struct Unpacked {
-    __m512i q;
-    __m512 d;
-  };
-
-  template <int kBlocks>
-  KVLM_TARGET_AVX512 static void prepare(const BlockQ8_0* x, PreparedPair* out) {
-    const __m512i x_blocks = load_q8_0<kBlocks>(x);
-    const __m512i xq = _mm512_shuffle_i64x2(x_blocks, x_blocks, _MM_SHUFFLE(3, 1, 2, 0));
-    const __m512i zero = _mm512_setzero_si512();
-    _mm512_storeu_si512(out->q, xq);
-    _mm512_storeu_si512(out->base,
-                       _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(8), xq)));
-    _mm512_storeu_ps(out->d, block_scales<kBlocks>(x, kSecond));
-  }
-  template <int kBlocks>
-  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ4_0* w) {
-    return {load_q4_0<kBlocks>(w), block_scales<kBlocks>(w, kSecond)};
-  }
-  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
-                                            __m512 acc) {
-    const __m512i sums = _mm512_dpbusd_epi32(x.base, w.q, x.q);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
-  }
-};
-
-// Q8_0 weights: the same sums as Q8_0TimesQ8's step. dpbusd multiplies unsigned by signed bytes;
-// here the activation is the unsigned side, stored as q + 128 (1 to 255, since q is never
-// -128), and each lane starts at -128 x the sum of its four weights.
-struct Q8_0Rows {
-  using Block = BlockQ8_0;
-  static constexpr __mmask16 kSecond = 0xFF00;
-  struct Unpacked {
-    __m512i q;
-    __m512i base;
-    __m512 d;
-  };
-
-  template <int kBlocks>
-  KVLM_TARGET_AVX512 static void prepare(const BlockQ8_0* x, PreparedPair* out) {
-    const __m512i shifted = _mm512_xor_si512(load_q8_0<kBlocks>(x), _mm512_set1_epi8(-128));
-    _mm512_storeu_si512(out->q, shifted);
-    _mm512_storeu_si512(out->base, _mm512_setzero_si512());
-    _mm512_storeu_ps(out->d, block_scales<kBlocks>(x, kSecond));
-  }
-  template <int kBlocks>
-  KVLM_TARGET_AVX512 static Unpacked unpack(const BlockQ8_0* w) {
-    const __m512i q = load_q8_0<kBlocks>(w);
-    const __m512i zero = _mm512_setzero_si512();
-    const __m512i base = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8(-128), q));
-    return {q, base, block_scales<kBlocks>(w, kSecond)};
-  }
-  KVLM_TARGET_AVX512 static __m512 multiply(const Unpacked& w, const PreparedRegisters& x,
-                                            __m512 acc) {
-    const __m512i sums = _mm512_dpbusd_epi32(w.base, x.q, w.q);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
-  }
-};
-
 // x: [cols / 32] BlockQ8_0 from quantize_activation; out: [ceil(cols / 64)] PreparedPair.
 template <typename Kernel>
 KVLM_TARGET_AVX512 inline void prepare(const BlockQ8_0* x, std::int64_t cols, void* out) {
   auto* pairs = static_cast<PreparedPair*>(out);
   const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
   std::int64_t b = 0;
-  for (; b + 2 <= n_blocks; b += 2) Kernel::template prepare<2>(x + b, pairs + b / 2);
-  if (b < n_blocks) Kernel::template prepare<1>(x + b, pairs + b / 2);
+  for (; b + 2 <= n_blocks; b += 2) {
+    store_prepared(Kernel::template activation<2>(x + b), pairs + b / 2);
+  }
+  if (b < n_blocks) store_prepared(Kernel::template activation<1>(x + b), pairs + b / 2);
 }
 
 // The kBlocks blocks from block column b of kRows rows times kTokens tokens' PreparedPair.
@@ -846,13 +821,13 @@ KVLM_TARGET_AVX512 inline void gemv_bf16(const void* w, std::int64_t rows, std::
 /// x: [cols / 32] BlockQ8_0, from quantize_activation.
 KVLM_TARGET_AVX512 inline void gemv_q8_0(const void* w, std::int64_t rows, std::int64_t cols,
                                          const void* x, float* y) {
-  gemv_blocks<Q8_0TimesQ8>(w, rows, cols, x, y);
+  gemv_blocks<TimesQ8<Q8_0Rows>>(w, rows, cols, x, y);
 }
 
 /// x: [cols / 32] BlockQ8_0, from quantize_activation.
 KVLM_TARGET_AVX512 inline void gemv_q4_0(const void* w, std::int64_t rows, std::int64_t cols,
                                          const void* x, float* y) {
-  gemv_blocks<Q4_0TimesQ8>(w, rows, cols, x, y);
+  gemv_blocks<TimesQ8<Q4_0Rows>>(w, rows, cols, x, y);
 }
 
 /// x: [n_tokens] activations from prepare_q8_0, prepared_bytes(cols) apart; y: [n_tokens, ldy].

@@ -103,9 +103,10 @@ struct TypeKernels {
   /// (memory-bound), and takes 8-bit ones because its gemm does: sessions decoding together then
   /// share each weight block, 3.8x one session's tokens/s at 8 sessions (1.0x with float
   /// activations and a gemv per token), and each still gets what it gets alone. The K types
-  /// decode with BlockQ8_K: on a 4096 x 4096 matrix from DRAM, one Zen 5 core, their integer gemv runs at 28-32 GB/s
-  /// with AVX-512 (22-32 with AVX2), their float one at 7-12 GB/s (it dequantizes each block
-  /// first), and tinygqa's logits stay as close to the exact ones as llama.cpp's.
+  /// decode with BlockQ8_K: on a 4096 x 4096 matrix from DRAM, one Zen 5 core, their integer
+  /// gemv runs at 28-32 GB/s with AVX-512 (22-32 with AVX2), their float one at 7-12 GB/s (it
+  /// dequantizes each block first), and tinygqa's logits stay as close to the exact ones as
+  /// llama.cpp's.
   DType decode_activation;
   /// The integer-activation kernel. For Q8_0 and Q4_0 x is const BlockQ8_0* [cols / 32] from
   /// quantize_activation; for Q4_K, Q5_K and Q6_K it is const BlockQ8_K* [cols / 256] from
@@ -127,7 +128,7 @@ struct TypeKernels {
   void (*prepare)(const BlockQ8_0* x, std::int64_t cols, void* out) = nullptr;
 };
 
-/// Bytes of one token's activation prepared for gemm (cols a multiple of 32).
+/// Bytes of one token's activation prepared for gemm: enough for the cols / 32 whole blocks.
 inline std::size_t prepared_bytes(std::int64_t cols) {
   const std::int64_t pairs = (cols / BlockQ8_0::kSize + 1) / 2;
   return static_cast<std::size_t>(pairs) * sizeof(avx512::PreparedPair);
