@@ -494,6 +494,57 @@ void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref, DType
   }
 }
 
+// The interleaved copy of w (a Q8_0 or Q4_0 matrix) times n_tokens tokens xq over rows
+// [row_begin, row_end), ldy = rows + 3: the scalar twin is within the gemv tolerance of the
+// scalar gemv on the stored rows, and k's kernel (if the path has one) is the twin bit for bit,
+// gives each token what it gives that token alone, and leaves the other outputs as they were.
+void expect_interleaved_matches(const TypeKernels& k, DType t, const std::vector<std::uint8_t>& w,
+                                std::int64_t rows, std::int64_t cols,
+                                const std::vector<BlockQ8_0>& xq, std::int64_t n_tokens,
+                                std::int64_t row_begin, std::int64_t row_end) {
+  SCOPED_TRACE("rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of " +
+               std::to_string(n_tokens) + " tokens");
+  const std::int64_t n_blocks = cols / 32, ldy = rows + 3;
+  std::vector<std::uint8_t> wi(interleaved_bytes(t, rows, cols));
+  interleave(t, w.data(), rows, cols, wi.data());
+  std::vector<ActivationBlock> x(static_cast<std::size_t>(n_tokens * n_blocks));
+  for (std::int64_t i = 0; i < n_tokens; ++i) {
+    prepare_interleaved(xq.data() + i * n_blocks, cols, x.data() + i * n_blocks);
+  }
+  const auto twin = t == DType::kQ4_0 ? scalar::gemm_interleaved<BlockQ4_0x16>
+                                      : scalar::gemm_interleaved<BlockQ8_0x16>;
+  std::vector<float> y_twin(static_cast<std::size_t>(n_tokens * ldy), -7.0f);
+  twin(wi.data(), row_begin, row_end, cols, x.data(), n_tokens, y_twin.data(), ldy);
+  std::vector<float> y = y_twin;
+  if (k.gemm_interleaved != nullptr) {
+    std::fill(y.begin(), y.end(), -7.0f);
+    k.gemm_interleaved(wi.data(), row_begin, row_end, cols, x.data(), n_tokens, y.data(), ldy);
+    ASSERT_EQ(y, y_twin);
+  }
+  std::vector<float> y_ref(static_cast<std::size_t>(rows)), alone(y_ref.size(), -7.0f);
+  for (std::int64_t i = 0; i < n_tokens; ++i) {
+    SCOPED_TRACE("token " + std::to_string(i));
+    const std::vector<BlockQ8_0> token(xq.begin() + i * n_blocks, xq.begin() + (i + 1) * n_blocks);
+    kernels(t, Simd::kScalar).gemv(w.data(), rows, cols, token.data(), y_ref.data());
+    const std::vector<double> magnitude = magnitudes(t, w, rows, cols, decode_activation(token));
+    if (k.gemm_interleaved != nullptr) {
+      k.gemm_interleaved(wi.data(), row_begin, row_end, cols, x.data() + i * n_blocks, 1,
+                         alone.data(), ldy);
+    }
+    for (std::int64_t r = 0; r < ldy; ++r) {
+      const float out = y[i * ldy + r];
+      if (r < row_begin || r >= row_end) {
+        ASSERT_EQ(out, -7.0f) << "row " << r;
+        continue;
+      }
+      EXPECT_NEAR(out, y_ref[r], order_tolerance(cols) * magnitude[r]) << "row " << r;
+      if (k.gemm_interleaved != nullptr) {
+        ASSERT_EQ(out, alone[r]) << "row " << r;
+      }
+    }
+  }
+}
+
 // --- gemv --------------------------------------------------------------------------------------
 
 TEST(KernelsGemv, ScalarReferenceMatchesDoublePrecision) {
@@ -603,6 +654,7 @@ TEST(KernelsGemv, EveryPathMatchesScalarOnExtremeBlocks) {
         }
         expect_gemm_equals_gemv(k, ref, t, w, rows, cols, tokens, 2);
       }
+      expect_interleaved_matches(k, t, w, rows, cols, xq, 1, 0, rows);
     }
   }
 }
@@ -631,6 +683,61 @@ TEST(KernelsGemm, EachTokenGetsWhatItsGemvGivesItAlone) {
     }
   }
   if (paths == 0) GTEST_SKIP() << "no path on this CPU has a gemm kernel";
+}
+
+TEST(KernelsInterleaved, EachPathMatchesItsTwinAndTheStoredRows) {
+  for (Simd simd : supported_paths()) {
+    for (DType t : kQuantizedTypes) {
+      const TypeKernels& k = kernels(t, simd);
+      for (std::int64_t cols : column_counts(t)) {
+        for (std::int64_t rows : kRowCounts) {
+          for (std::int64_t n_tokens : {1, 2, 7, 8, 9, 17}) {
+            SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+            const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols + n_tokens * 7);
+            const std::vector<std::uint8_t> w = random_matrix(t, rows, cols, seed);
+            const std::vector<BlockQ8_0> xq =
+                quantized(random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1));
+            // All the rows, and a range that starts and ends inside groups of 16.
+            expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 0, rows);
+            if (rows > 4) expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 3, rows - 1);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelsInterleaved, LayoutHoldsEachRowsBlocks) {
+  // Independent of the kernels: every element of every row, read back from the layout.
+  for (DType t : kQuantizedTypes) {
+    const std::int64_t rows = 19, cols = 96;
+    const std::vector<std::uint8_t> w = random_matrix(t, rows, cols, 5);
+    std::vector<std::uint8_t> wi(interleaved_bytes(t, rows, cols));
+    ASSERT_EQ(wi.size(), 32 * row_bytes(t, cols));  // two groups, the second padded
+    interleave(t, w.data(), rows, cols, wi.data());
+    for (std::int64_t r = 0; r < 32; ++r) {
+      for (std::int64_t b = 0; b < cols / 32; ++b) {
+        const std::int64_t group = r / 16, lane = r % 16;
+        if (t == DType::kQ4_0) {
+          const auto& o = reinterpret_cast<const BlockQ4_0x16*>(wi.data())[group * 3 + b];
+          const BlockQ4_0 zero{};
+          const BlockQ4_0& in =
+              r < rows ? reinterpret_cast<const BlockQ4_0*>(w.data())[r * 3 + b] : zero;
+          ASSERT_EQ(o.d[lane], in.d);
+          for (int j = 0; j < 16; ++j) ASSERT_EQ(o.qs[j / 4][4 * lane + j % 4], in.qs[j]);
+        } else {
+          const auto& o = reinterpret_cast<const BlockQ8_0x16*>(wi.data())[group * 3 + b];
+          if (r >= rows) {  // padding: scale 0
+            ASSERT_EQ(o.d[lane], 0);
+            continue;
+          }
+          const BlockQ8_0& in = reinterpret_cast<const BlockQ8_0*>(w.data())[r * 3 + b];
+          ASSERT_EQ(o.d[lane], in.d);
+          for (int j = 0; j < 32; ++j) ASSERT_EQ(o.qs[j / 4][4 * lane + j % 4], in.qs[j] + 128);
+        }
+      }
+    }
+  }
 }
 
 TEST(KernelsGemv, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {

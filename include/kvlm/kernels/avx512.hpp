@@ -19,9 +19,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kvlm/dtype.hpp"
+#include "kvlm/kernels/interleaved.hpp"
 
 // GCC 12.1 and 12.2 report a use of an uninitialised value inside their own AVX-512 intrinsics
 // (GCC bug 105593, fixed in 12.3 and 13) wherever one is inlined.
@@ -999,6 +1001,121 @@ KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* 
                                                  kNearestEven);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * j), _mm512_cvtsepi32_epi8(q));
       out[b].bsums[j] = static_cast<std::int16_t>(_mm512_reduce_add_epi32(q));
+    }
+  }
+}
+
+// --- Interleaved rows (BlockQ4_0x16, BlockQ8_0x16; layouts in kernels/interleaved.hpp) ---------
+// Lane r of every vector is row r of a group of 16. A block column's weights unpack into 8
+// vectors, vector j holding elements 4j .. 4j + 3 of the 16 rows; each token's block is then 8
+// dpbusd with the token's bytes 4j .. 4j + 3 broadcast (starting from the sum that takes the
+// weights' offset off), one convert, one product by the token's scale and one FMA by the rows'
+// scales: 11 instructions for 16 rows, where the stored layout takes 2 per row. The outputs do
+// not depend on the number of tokens: each (row, token) adds the same blocks in the same order.
+
+// The q of block column b of 16 rows, vector j holding elements 4j .. 4j + 3.
+KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ4_0x16& w, __m512i (&q)[8]) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  KVLM_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    const __m512i bytes = _mm512_loadu_si512(w.qs[k]);
+    q[k] = _mm512_and_si512(bytes, low);
+    q[4 + k] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
+  }
+}
+
+KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ8_0x16& w, __m512i (&q)[8]) {
+  KVLM_UNROLL
+  for (int k = 0; k < 8; ++k) q[k] = _mm512_loadu_si512(w.qs[k]);
+}
+
+// Where a block's int32 sum starts, taking the stored offset (8 or 128) off.
+inline std::int32_t offset_sum(const BlockQ4_0x16&, const ActivationBlock& x) {
+  return x.minus_8_sum;
+}
+inline std::int32_t offset_sum(const BlockQ8_0x16&, const ActivationBlock& x) {
+  return x.minus_128_sum;
+}
+
+// acc[t] += the 16 rows of group w: [n_blocks] times token t, x: [kTokens, n_blocks].
+// Prefetches from w + ahead on unless ahead is 0.
+template <typename Block16, int kTokens>
+KVLM_TARGET_AVX512 inline void interleaved_tile(const Block16* w, std::int64_t n_blocks,
+                                                const ActivationBlock* x, __m512 (&acc)[kTokens],
+                                                std::int64_t ahead) {
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    if (ahead != 0) {
+      const auto* next = reinterpret_cast<const char*>(w + b + ahead);
+      KVLM_UNROLL
+      for (std::size_t line = 0; line < sizeof(Block16); line += 64) prefetch_l2(next + line);
+    }
+    __m512i q[8];
+    unpack_interleaved(w[b], q);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].d)));
+    KVLM_UNROLL
+    for (int t = 0; t < kTokens; ++t) {
+      const ActivationBlock& a = x[t * n_blocks + b];
+      __m512i sum = _mm512_set1_epi32(offset_sum(w[b], a));
+      KVLM_UNROLL
+      for (int j = 0; j < 8; ++j) {
+        std::int32_t four;
+        std::memcpy(&four, a.q + 4 * j, sizeof four);
+        sum = _mm512_dpbusd_epi32(sum, q[j], _mm512_set1_epi32(four));
+      }
+      const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a.d));
+      acc[t] = _mm512_fmadd_ps(scaled, d, acc[t]);
+    }
+  }
+}
+
+// The 16 rows of group w times `tokens` (1 to kTokens) tokens, rows `lanes` of them stored:
+// y[t * ldy + r] for lane r; the runtime count to its instantiation.
+template <typename Block16, int kTokens>
+KVLM_TARGET_AVX512 inline void interleaved_group(int tokens, const Block16* w,
+                                                 std::int64_t n_blocks, const ActivationBlock* x,
+                                                 __mmask16 lanes, float* y, std::int64_t ldy,
+                                                 std::int64_t ahead) {
+  if constexpr (kTokens > 1) {
+    if (tokens < kTokens) {
+      return interleaved_group<Block16, kTokens - 1>(tokens, w, n_blocks, x, lanes, y, ldy,
+                                                     ahead);
+    }
+  }
+  __m512 acc[kTokens];
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
+  interleaved_tile<Block16, kTokens>(w, n_blocks, x, acc, ahead);
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) _mm512_mask_storeu_ps(y + t * ldy, lanes, acc[t]);
+}
+
+constexpr int kInterleavedTokens = 8;
+
+/// scalar::gemm_interleaved, bit for bit: y[t * ldy + r] = row r · token t for r in
+/// [row_begin, row_end).
+template <typename Block16>
+KVLM_TARGET_AVX512 inline void gemm_interleaved(const void* w, std::int64_t row_begin,
+                                                std::int64_t row_end, std::int64_t cols,
+                                                const ActivationBlock* x, std::int64_t n_tokens,
+                                                float* y, std::int64_t ldy) {
+  const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
+  const auto* groups = static_cast<const Block16*>(w);
+  for (std::int64_t g = row_begin / kInterleave; g * kInterleave < row_end; ++g) {
+    // The group's rows in [row_begin, row_end), as lanes; y from the group's first row.
+    const std::int64_t first = g * kInterleave;
+    const std::int64_t lo = std::max(row_begin, first) - first;
+    const std::int64_t hi = std::min(row_end, first + kInterleave) - first;
+    const auto lanes = static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+    // The first tokens read the group from memory, prefetching the next group into L2 (without
+    // that, 8 tokens over a matrix in DRAM cost 2.5x one token, with it 1.1x); the other tokens
+    // find the group in cache.
+    for (std::int64_t t = 0; t < n_tokens; t += kInterleavedTokens) {
+      const int tokens = static_cast<int>(std::min<std::int64_t>(kInterleavedTokens, n_tokens - t));
+      const bool last = (g + 1) * kInterleave >= row_end;
+      const std::int64_t ahead = t == 0 && !last ? n_blocks : 0;
+      interleaved_group<Block16, kInterleavedTokens>(tokens, groups + g * n_blocks, n_blocks,
+                                                     x + t * n_blocks, lanes,
+                                                     y + t * ldy + first, ldy, ahead);
     }
   }
 }

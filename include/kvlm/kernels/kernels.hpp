@@ -20,6 +20,7 @@
 #include "kvlm/error.hpp"
 #include "kvlm/kernels/avx2.hpp"
 #include "kvlm/kernels/avx512.hpp"
+#include "kvlm/kernels/interleaved.hpp"
 #include "kvlm/kernels/scalar.hpp"
 
 namespace kvlm::kernels {
@@ -126,6 +127,13 @@ struct TypeKernels {
   /// gemm's activation (prepared_bytes(cols) bytes) from one token's quantize_activation blocks
   /// (x: [cols / 32]).
   void (*prepare)(const BlockQ8_0* x, std::int64_t cols, void* out) = nullptr;
+  /// The kernel for the type's interleaved copy (kernels/interleaved.hpp), where the path has
+  /// one (null otherwise): y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w:
+  /// the whole copy; x: [n_tokens, cols / 32] from prepare_interleaved. Each output is the same
+  /// whatever the number of tokens.
+  void (*gemm_interleaved)(const void* w, std::int64_t row_begin, std::int64_t row_end,
+                           std::int64_t cols, const ActivationBlock* x, std::int64_t n_tokens,
+                           float* y, std::int64_t ldy) = nullptr;
 };
 
 /// Bytes of one token's activation prepared for gemm: enough for the cols / 32 whole blocks.
@@ -216,9 +224,11 @@ inline constexpr TableEntry kAvx512Table[] = {
     {DType::kF16, {kFloatX, avx512::gemv_f16, avx512::gemv_f16, avx512::to_float_f16}},
     {DType::kBF16, {kFloatX, avx512::gemv_bf16, avx512::gemv_bf16, avx512::to_float_bf16}},
     {DType::kQ8_0, {kQuantizedX, avx512::gemv_q8_0, avx512::gemv_q8_0_f32, avx512::to_float_q8_0,
-                    avx512::gemm_q8_0, avx512::prepare_q8_0}},
+                    avx512::gemm_q8_0, avx512::prepare_q8_0,
+                    avx512::gemm_interleaved<BlockQ8_0x16>}},
     {DType::kQ4_0, {kQuantizedX, avx512::gemv_q4_0, avx512::gemv_q4_0_f32, avx512::to_float_q4_0,
-                    avx512::gemm_q4_0, avx512::prepare_q4_0}},
+                    avx512::gemm_q4_0, avx512::prepare_q4_0,
+                    avx512::gemm_interleaved<BlockQ4_0x16>}},
     {DType::kQ4_K, {kQuantizedKX, avx512::gemv_q4_k, avx512::gemv_q4_k_f32, avx512::to_float_q4_k}},
     {DType::kQ5_K, {kQuantizedKX, avx512::gemv_q5_k, avx512::gemv_q5_k_f32, avx512::to_float_q5_k}},
     {DType::kQ6_K, {kQuantizedKX, avx512::gemv_q6_k, avx512::gemv_q6_k_f32, avx512::to_float_q6_k}},

@@ -22,6 +22,7 @@
 
 #include "kvlm/detail/assert.hpp"
 #include "kvlm/dtype.hpp"
+#include "kvlm/kernels/interleaved.hpp"
 
 namespace kvlm::kernels::scalar {
 
@@ -570,6 +571,41 @@ inline float dot_q8k(DType t, const void* row, const BlockQ8_K* xq, std::int64_t
     sum += x.d * (d * static_cast<float>(sumi) - dmin * static_cast<float>(summ));
   }
   return sum;
+}
+
+/// The interleaved kernels' reference (layouts in kernels/interleaved.hpp):
+/// y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w: the interleaved copy of a
+/// Q4_0 (Block16 = BlockQ4_0x16) or Q8_0 (BlockQ8_0x16) matrix of cols columns; x: [n_tokens,
+/// cols / 32] from prepare_interleaved. Each block's int32 sum is exact; the blocks are added in
+/// float as the AVX-512 kernel adds them, one rounded product and one fused multiply-add each.
+template <typename Block16>
+void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_end,
+                      std::int64_t cols, const ActivationBlock* x, std::int64_t n_tokens, float* y,
+                      std::int64_t ldy) {
+  constexpr bool kQ4 = std::is_same_v<Block16, BlockQ4_0x16>;
+  const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
+  const auto* groups = static_cast<const Block16*>(w);
+  for (std::int64_t r = row_begin; r < row_end; ++r) {
+    const Block16* row = groups + r / kInterleave * n_blocks;
+    const int lane = static_cast<int>(r % kInterleave);
+    for (std::int64_t t = 0; t < n_tokens; ++t) {
+      float sum = 0.0f;
+      for (std::int64_t b = 0; b < n_blocks; ++b) {
+        const ActivationBlock& a = x[t * n_blocks + b];
+        std::int32_t dot = kQ4 ? a.minus_8_sum : a.minus_128_sum;
+        for (int j = 0; j < BlockQ8_0::kSize; ++j) {
+          // Element j sits in chunk j / 4, byte j % 4 of the row's four; Q4_0's elements 16..31
+          // are the high nibbles of the chunks of elements 0..15.
+          const int k = kQ4 ? j % 16 / 4 : j / 4;
+          const std::uint8_t byte = row[b].qs[k][4 * lane + j % 4];
+          const int q = kQ4 ? (j < 16 ? byte & 0x0F : byte >> 4) : byte;
+          dot += q * a.q[j];
+        }
+        sum = std::fma(static_cast<float>(dot) * a.d, fp16_to_fp32(row[b].d[lane]), sum);
+      }
+      y[t * ldy + r] = sum;
+    }
+  }
 }
 
 }  // namespace kvlm::kernels::scalar
