@@ -29,6 +29,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -510,6 +511,24 @@ void batched_decode(benchmark::State& state, const std::shared_ptr<const kvlm::M
                                                         : kvlm::detail::hardware_threads());
 }
 
+// The model at path, loaded on first use, so that a filtered run maps only the files it measures.
+std::function<std::shared_ptr<const kvlm::Model>()> lazy_model(const std::string& path,
+                                                              kvlm::LoadOptions options = {}) {
+  auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();
+  return [path, options, cached] {
+    if (!*cached) *cached = kvlm::Model::load(path, "", options);
+    return *cached;
+  };
+}
+
+// The same file with its Q8_0 and Q4_0 matrices used as stored (LoadOptions::interleave off),
+// for the README's with and without columns; the name gains "-stored".
+kvlm::LoadOptions stored() {
+  kvlm::LoadOptions options;
+  options.interleave = false;
+  return options;
+}
+
 void register_batched_benchmarks() {
   std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>> models =
       {{"stories110M-F32", [] { return stories110m(); }}};
@@ -518,11 +537,10 @@ void register_batched_benchmarks() {
                              "tinyllama-1.1b-Q4_0"}) {
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
-      auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();
-      models.emplace_back(name, [path, cached] {
-        if (!*cached) *cached = kvlm::Model::load(path);
-        return *cached;
-      });
+      models.emplace_back(name, lazy_model(path));
+      if (std::strstr(name, "Q4_0") != nullptr) {
+        models.emplace_back(std::string(name) + "-stored", lazy_model(path, stored()));
+      }
     }
   }
   for (const auto& [name, model] : models) {
@@ -548,23 +566,23 @@ void register_type_benchmarks() {
       const std::string name = std::string(shape) + "-" + recipe.name;
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
-      // Loaded once, on first use by either benchmark, so a filtered run maps only the files
-      // it measures.
-      auto cached = std::make_shared<std::shared_ptr<const kvlm::Model>>();
-      auto model = [path, cached] {
-        if (!*cached) *cached = kvlm::Model::load(path);
-        return *cached;
-      };
-      benchmark::RegisterBenchmark(("BM_TypeDecode/" + name).c_str(),
-                                   [model](benchmark::State& s) {
-                                     decode_against_roofline(s, model(), 128, 16);
-                                   })
-          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
-      benchmark::RegisterBenchmark(("BM_TypePrefill/" + name).c_str(),
-                                   [model](benchmark::State& s) {
-                                     prefill_against_peak(s, model(), 512);
-                                   })
-          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+      std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>>
+          variants = {{name, lazy_model(path)}};
+      if (kvlm::kernels::has_interleaved_layout(recipe.type)) {
+        variants.emplace_back(name + "-stored", lazy_model(path, stored()));
+      }
+      for (const auto& [variant, model] : variants) {
+        benchmark::RegisterBenchmark(("BM_TypeDecode/" + variant).c_str(),
+                                     [model = model](benchmark::State& s) {
+                                       decode_against_roofline(s, model(), 128, 16);
+                                     })
+            ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+        benchmark::RegisterBenchmark(("BM_TypePrefill/" + variant).c_str(),
+                                     [model = model](benchmark::State& s) {
+                                       prefill_against_peak(s, model(), 512);
+                                     })
+            ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+      }
     }
   }
 }

@@ -90,7 +90,8 @@ inline kvlm::DType parse_kv_type(const std::string& flag, const std::string& tex
 constexpr const char* kModelUsage =
     "  -m MODEL          GGUF file, or llama2.c checkpoint (.bin)\n"
     "  -z TOKENIZER      SentencePiece .model or GGUF file; default: the GGUF's own, or for a\n"
-    "                    .bin the *.model file beside it\n";
+    "                    .bin the *.model file beside it\n"
+    "  --no-interleave   multiply by Q8_0/Q4_0 weights as stored, not by an interleaved copy\n";
 constexpr const char* kSamplingUsage =
     "  -n MAX_NEW        most tokens to generate (default 256)\n"
     "  --temp T          temperature, 0 = greedy (default 0.8)\n"
@@ -133,12 +134,14 @@ inline bool parse_session_flag(const std::string& flag, Args& args,
 // The model and tokenizer (kModelUsage) and -v, which every program that loads a model reads.
 struct ModelFlags {
   std::string model_path, tokenizer_path;
+  kvlm::LoadOptions load;
   bool verbose = false;
 
   // Reads `flag` and its value if it is one of these; false for any other flag.
   bool parse(const std::string& flag, Args& args) {
     if (flag == "-m") model_path = args.value(flag);
     else if (flag == "-z") tokenizer_path = args.value(flag);
+    else if (flag == "--no-interleave") load.interleave = false;
     else if (flag == "-v" || flag == "--verbose") verbose = true;
     else return false;
     return true;
@@ -204,7 +207,8 @@ inline std::shared_ptr<const kvlm::Model> load_model(const ModelFlags& flags) {
   if (flags.model_path.empty()) throw UsageError("-m MODEL is required");
   auto model = kvlm::Model::load(flags.model_path, flags.tokenizer_path.empty()
                                                        ? find_tokenizer(flags.model_path)
-                                                       : flags.tokenizer_path);
+                                                       : flags.tokenizer_path,
+                                 flags.load);
   if (flags.verbose) std::cerr << model->summary();
   return model;
 }

@@ -13,10 +13,12 @@ def load(path):
 
 
 def kvlm_rows(run):
+    """{(benchmark, file variant): result}, e.g. ("BM_TypeDecode", "tinyllama-1.1b-Q4_0-stored")."""
     rows = {}
     for b in run["benchmarks"]:
         if b.get("aggregate_name") in (None, "median"):
-            rows[b["run_name"].split("/")[0]] = b
+            parts = b["run_name"].split("/")
+            rows[(parts[0], parts[1])] = b
     return rows
 
 
@@ -43,30 +45,36 @@ def main(folder, shape, types):
         if not run:
             continue
         rows = kvlm_rows(run)
-        d, p = rows.get("BM_TypeDecode"), rows.get("BM_TypePrefill")
-        if not d or not p:
-            continue
-        cells = [t, f"{d['items_per_second']:.2f}",
-                 f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
-                 f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
-                 f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
-        # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512).
-        int8 = p.get("fraction_of_int8_peak")
-        cells.append(f"{int8:.2f} ({p['GFLOP_per_s'] / int8:.0f})" if int8 else "-")
-        best_pp = best_tg = 0.0
-        for name_peer in peers:
-            r = peer(load(f"{folder}/{name}-{name_peer}.json"))
-            if r and r[0] and r[1]:
-                cells.append(f"{r[0]:.1f} / {r[1]:.2f}")
-                best_pp, best_tg = max(best_pp, r[0]), max(best_tg, r[1])
-            else:
-                cells.append("-")
-        if best_pp and best_tg:
-            cells.append(f"{p['items_per_second'] / best_pp:.2f}x, "
-                         f"{d['items_per_second'] / best_tg:.2f}x")
+        peer_runs = [peer(load(f"{folder}/{name}-{name_peer}.json")) for name_peer in peers]
+        # The file as kvlm loads it, then (Q8_0, Q4_0) with the matrices used as stored.
+        for variant, label in ((name, t), (f"{name}-stored", f"{t}, as stored")):
+            d, p = rows.get(("BM_TypeDecode", variant)), rows.get(("BM_TypePrefill", variant))
+            if d and p:
+                print(table_row(label, d, p, peer_runs))
+
+
+def table_row(label, d, p, peer_runs):
+    """One row: kvlm's figures beside its limits and the peers' (pp512, tg128) runs."""
+    cells = [label, f"{d['items_per_second']:.2f}",
+             f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
+             f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
+             f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
+    # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512).
+    int8 = p.get("fraction_of_int8_peak")
+    cells.append(f"{int8:.2f} ({p['GFLOP_per_s'] / int8:.0f})" if int8 else "-")
+    best_pp = best_tg = 0.0
+    for r in peer_runs:
+        if r and r[0] and r[1]:
+            cells.append(f"{r[0]:.1f} / {r[1]:.2f}")
+            best_pp, best_tg = max(best_pp, r[0]), max(best_tg, r[1])
         else:
             cells.append("-")
-        print("| " + " | ".join(cells) + " |")
+    if best_pp and best_tg:
+        cells.append(f"{p['items_per_second'] / best_pp:.2f}x, "
+                     f"{d['items_per_second'] / best_tg:.2f}x")
+    else:
+        cells.append("-")
+    return "| " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":

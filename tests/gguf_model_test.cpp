@@ -178,19 +178,52 @@ class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
   KVLM_REQUIRE_MODEL(gguf, std::string("tinygqa/tinygqa-") + bound.type + ".gguf");
-  const auto model = Model::load(gguf);
-  const std::vector<Token> tokens = probe_tokens(model->config().vocab_size);
-  const std::vector<double> reference = test::reference_logits(*model, tokens);
-  const int vocab = model->config().vocab_size;
-  for (const bool decode : {true, false}) {
-    const std::vector<float> logits = decode ? step_all(model, tokens) : evaluate_all(model, tokens);
-    const double max_abs = max_abs_diff(logits, reference);
-    const double cosine = worst_row_cosine(logits, reference, vocab);
-    std::printf("[ measured ] %s %s: max abs %.2e, worst-row cosine %.7f\n", bound.type,
-                decode ? "decode " : "prefill", max_abs, cosine);
-    EXPECT_LE(max_abs, bound.max_abs) << (decode ? "decode" : "prefill");
-    EXPECT_GE(cosine, bound.min_cosine) << (decode ? "decode" : "prefill");
+  // With the Q8_0 and Q4_0 matrices interleaved (where the path has kernels for it) and as stored.
+  for (const bool interleave : {true, false}) {
+    LoadOptions options;
+    options.interleave = interleave;
+    const auto model = Model::load(gguf, "", options);
+    const std::vector<Token> tokens = probe_tokens(model->config().vocab_size);
+    const std::vector<double> reference = test::reference_logits(*model, tokens);
+    const int vocab = model->config().vocab_size;
+    for (const bool decode : {true, false}) {
+      const std::vector<float> logits =
+          decode ? step_all(model, tokens) : evaluate_all(model, tokens);
+      const double max_abs = max_abs_diff(logits, reference);
+      const double cosine = worst_row_cosine(logits, reference, vocab);
+      const std::string what = std::string(decode ? "decode" : "prefill") +
+                               (model->interleaved_bytes() > 0 ? ", interleaved" : "");
+      std::printf("[ measured ] %s %s: max abs %.2e, worst-row cosine %.7f\n", bound.type,
+                  what.c_str(), max_abs, cosine);
+      EXPECT_LE(max_abs, bound.max_abs) << what;
+      EXPECT_GE(cosine, bound.min_cosine) << what;
+    }
   }
+}
+
+// Where the path has interleaved kernels, every Q8_0 and Q4_0 matrix but the token embeddings
+// gets a copy of its own size, and the summary says so; with the option off, none does.
+TEST(GgufModel, InterleavesTheQ8_0AndQ4_0MatricesItMultiplies) {
+  KVLM_REQUIRE_MODEL(q4, "tinygqa/tinygqa-Q4_0.gguf");
+  const auto model = Model::load(q4);
+  if (kernels::kernels(DType::kQ4_0).gemm_interleaved == nullptr) {
+    EXPECT_EQ(model->interleaved_bytes(), 0u);
+    GTEST_SKIP() << "this CPU's path has no interleaved kernels";
+  }
+  std::size_t expected = model->classifier().byte_size();
+  for (int l = 0; l < model->config().n_layers; ++l) {
+    const BlockWeights& b = model->block(l);
+    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      EXPECT_NE(w->interleaved, nullptr);
+      expected += w->byte_size();  // tinygqa's rows are whole groups of 16
+    }
+  }
+  EXPECT_EQ(model->token_embedding().interleaved, nullptr);
+  EXPECT_EQ(model->interleaved_bytes(), expected);
+  EXPECT_NE(model->summary().find("interleaved"), std::string::npos) << model->summary();
+  LoadOptions off;
+  off.interleave = false;
+  EXPECT_EQ(Model::load(q4, "", off)->interleaved_bytes(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(LlamaCppFiles, GgufTypes, ::testing::ValuesIn(kBounds),

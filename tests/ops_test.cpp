@@ -216,6 +216,45 @@ TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
   }
 }
 
+// A weight's interleaved copy gives what its stored rows give (the same integer sums, added in
+// another order) for decode, sessions decoding together and prefill, and each token the same as
+// alone. Three threads split the rows of the second product mid-group of 16; 150 rows end one.
+TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
+  const std::int64_t in = 256, out = 150;
+  const Tensor<float> w = random_tensor(out, in, 41);
+  int tested = 0;
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    if (kernels::kernels(type).gemm_interleaved == nullptr) continue;
+    ++tested;
+    std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
+    for (std::int64_t r = 0; r < out; ++r) {
+      kernels::scalar::from_float(type, w.view().row(r), stored.data() + r * row_bytes(type, in), in);
+    }
+    std::vector<std::byte> copy(kernels::interleaved_bytes(type, out, in));
+    kernels::interleave(type, stored.data(), out, in, copy.data());
+    const WeightView plain{type, out, in, stored.data()};
+    WeightView interleaved = plain;
+    interleaved.interleaved = copy.data();
+    for (std::int64_t n_tokens : {1, 9, 100}) {
+      const Tensor<float> x = random_tensor(n_tokens, in, 40);
+      Tensor<float> y_plain({n_tokens, out}), y({n_tokens, out}), alone({1, out});
+      MatmulScratch scratch(n_tokens, in, 3);
+      matmul(x.view(), {Product{plain, y_plain.view()}, Product{interleaved, y.view()}}, scratch, 3);
+      for (std::int64_t t = 0; t < n_tokens; t += 4) {
+        matmul(x.view().rows_slice(t, 1), interleaved, alone.view(), scratch, 1);
+        for (std::int64_t r = 0; r < out; ++r) {
+          const float expected = y_plain.view().row(t)[r];
+          ASSERT_NEAR(y.view().row(t)[r], expected, 1e-4f * (1.0f + std::fabs(expected)))
+              << to_string(type) << " " << n_tokens << " tokens, token " << t << " row " << r;
+          ASSERT_EQ(y.view().row(t)[r], alone.view().row(0)[r])
+              << to_string(type) << " " << n_tokens << " tokens, token " << t << " row " << r;
+        }
+      }
+    }
+  }
+  if (tested == 0) GTEST_SKIP() << "this CPU's path has no interleaved kernels";
+}
+
 // Shapes that are and are not multiples of the 16-row grain; the last of each group is large
 // enough (n_tokens * in * out >= kMinParallelWork) that two threads really split the rows.
 const MatmulCase kMatmulCases[] = {

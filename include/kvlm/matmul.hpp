@@ -15,7 +15,9 @@
 //    sessions batched together compute what each computes alone;
 //  - other types, for more tokens (prefill), run the gemm kernel where there is one, else
 //    dequantize tiles of kTileRows weight rows into a per-thread float tile and multiply the
-//    whole batch by each tile with Eigen.
+//    whole batch by each tile with Eigen;
+//  - weights with an interleaved copy (WeightView::interleaved) run the type's gemm_interleaved
+//    on it for any number of tokens, the activation quantized and prepared once per call.
 // Rows of all the products are split across the threads, so each thread reads only its share of
 // the weights and the threads meet once per call.
 
@@ -63,17 +65,20 @@ class MatmulScratch {
         quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
         quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
         prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(max_in))}),
+        interleaved_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
         tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
 
   std::int64_t max_in() const { return max_in_; }
   std::size_t byte_size() const {
     return quantized_.byte_size() + quantized_k_.byte_size() + prepared_.byte_size() +
-           tiles_.byte_size();
+           interleaved_.byte_size() + tiles_.byte_size();
   }
   // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
   // The rows of x prepared for a gemm kernel: [max_batch, prepared_bytes(max_in)] bytes.
   std::byte* prepared() { return prepared_.data(); }
+  // The rows of x prepared for gemm_interleaved: [max_batch, max_in / 32] blocks, consecutive.
+  kernels::ActivationBlock* interleaved() { return interleaved_.data(); }
   // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.
   BlockQ8_K* quantized_k(std::int64_t t) { return quantized_k_.view().row(t); }
   // A thread's tile of dequantized weight rows: [kTileRows, max_in].
@@ -84,6 +89,7 @@ class MatmulScratch {
   Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(max_in / 32)]
   Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(max_in / 256)]
   Tensor<std::byte> prepared_;   // [max_batch, prepared_bytes(max_in)]
+  Tensor<kernels::ActivationBlock> interleaved_;  // [max_batch, ceil(max_in / 32)]
   Tensor<float> tiles_;          // [n_threads, kTileRows, max_in]
 };
 
@@ -117,6 +123,11 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
     return;
   }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
+  if (p.w.interleaved != nullptr) {
+    k.gemm_interleaved(p.w.interleaved, lo, hi, in, scratch.interleaved(), n_tokens, p.y.data(),
+                       p.y.cols());
+    return;
+  }
   if (uses_gemm(k, n_tokens) && k.prepare == prepared) {
     // The tokens pass over tiles of rows that stay in cache.
     for (std::int64_t r = lo; r < hi; r += MatmulScratch::kGemvTileRows) {
@@ -159,7 +170,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
                    MatmulScratch& scratch, int n_threads) {
   const std::int64_t n_tokens = x.rows();
   std::int64_t total_rows = 0;
-  bool quantize = false, quantize_k = false;
+  bool quantize = false, quantize_k = false, interleaved = false;
   // The gemm kernels' activation is prepared once, for the first product's type that uses one;
   // a product of another type whose gemm wants a different preparation runs gemv instead.
   detail::Prepare prepare = nullptr;
@@ -168,7 +179,9 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
     total_rows += p.w.rows;
     if (p.w.dtype == DType::kF32) continue;
     const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
-    if (detail::uses_gemm(k, n_tokens)) {
+    if (p.w.interleaved != nullptr) {
+      quantize = interleaved = true;
+    } else if (detail::uses_gemm(k, n_tokens)) {
       quantize = true;
       if (prepare == nullptr) prepare = k.prepare;
     } else if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
@@ -184,6 +197,10 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
     if (quantize_k) kernels::quantize_activation_k(x.row(t), scratch.quantized_k(t), x.cols());
     if (prepare != nullptr) {
       prepare(scratch.quantized(t), x.cols(), scratch.prepared() + t * prepared_bytes);
+    }
+    if (interleaved) {
+      kernels::prepare_interleaved(scratch.quantized(t), x.cols(),
+                                   scratch.interleaved() + t * (x.cols() / BlockQ8_0::kSize));
     }
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,

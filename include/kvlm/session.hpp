@@ -656,6 +656,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(BlockQ8_0);
   bytes += static_cast<std::size_t>(batch * ((max_in + 255) / 256)) * sizeof(BlockQ8_K);
   bytes += static_cast<std::size_t>(batch) * kernels::prepared_bytes(max_in);
+  bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(kernels::ActivationBlock);
   bytes += f32(threads * MatmulScratch::kTileRows * max_in);    // dequantized weight tiles
   bytes += f32(c.vocab_size);                                   // logits
   bytes += static_cast<std::size_t>(seq) * sizeof(Token);       // tokens

@@ -128,6 +128,9 @@ struct WeightView {
   std::int64_t rows = 0;
   std::int64_t cols = 0;
   const void* data = nullptr;
+  /// The same matrix with its rows interleaved (kernels/interleaved.hpp), which matmul then
+  /// multiplies by instead of `data`, or null. Does not own it either.
+  const void* interleaved = nullptr;
 
   std::size_t byte_size() const { return static_cast<std::size_t>(rows) * row_bytes(dtype, cols); }
   /// Row r's bytes: row_bytes(dtype, cols) of them.

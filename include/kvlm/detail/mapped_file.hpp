@@ -3,9 +3,11 @@
 // loading costs no copy and pages are shared between processes that map the same model.
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -47,5 +49,15 @@ class MappedFile {
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
 };
+
+/// Lets the pages that lie wholly inside [data, data + bytes) of a read-only file mapping go:
+/// they leave the process's resident memory and are read from the file again if touched.
+inline void release_pages(const void* data, std::size_t bytes) {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t first = (begin + page - 1) / page * page, last = (begin + bytes) / page * page;
+  // Advice, not a requirement: if the kernel declines, the pages merely stay resident.
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
 
 }  // namespace kvlm::detail

@@ -128,7 +128,9 @@ class GgufFile {
     auto file = std::make_shared<const detail::MappedFile>(path);
     const std::byte* data = file->data();
     const std::size_t size = file->size();
-    return parse(std::move(file), data, size, path);
+    GgufFile f = parse(std::move(file), data, size, path);
+    f.mapped_ = true;
+    return f;
   }
 
   /// Parses bytes that `owner` keeps alive; `source` names them in messages. The bytes must be
@@ -171,6 +173,8 @@ class GgufFile {
   std::size_t size() const { return size_; }
   /// Owns the bytes every TensorInfo::data points into (the MappedFile for open()).
   std::shared_ptr<const void> storage() const { return owner_; }
+  /// Whether storage() is a read-only mapping of the file (open()), not bytes in memory.
+  bool mapped() const { return mapped_; }
 
   // ---- metadata ----
 
@@ -737,6 +741,7 @@ class GgufFile {
   }
 
   std::shared_ptr<const void> owner_;
+  bool mapped_ = false;
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
   std::string path_;

@@ -328,6 +328,7 @@ inline ModelFile load_gguf(const gguf::GgufFile& f) {
                                         std::to_string(out.config.vocab_size));
   }
   out.storage = std::move(storage);
+  out.mapped = f.mapped();
   out.format = "GGUF v" + std::to_string(f.version());
   out.file_bytes = f.size();
   out.source = f.path();

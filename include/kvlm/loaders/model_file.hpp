@@ -50,6 +50,8 @@ struct ModelFile {
   ModelConfig config;                        // validated by the loader
   std::map<std::string, WeightView> weights;  // by GGUF tensor name
   std::shared_ptr<const void> storage;        // owns the memory the views point into
+  bool mapped = false;                        // the views point into a read-only file mapping,
+                                              // whose pages can be released and read again
   std::optional<TokenizerVocab> vocab;        // the tokenizer the file embeds, if any
   std::string format;                         // e.g. "GGUF v3", "llama2.c (legacy)"
   std::uint64_t file_bytes = 0;               // size of the file it came from
