@@ -568,7 +568,7 @@ void register_type_benchmarks() {
       if (!std::ifstream(path).good()) continue;
       std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>>
           variants = {{name, lazy_model(path)}};
-      if (kvlm::kernels::has_interleaved_layout(recipe.type)) {
+      if (kvlm::kernels::kernels(recipe.type).gemm_interleaved != nullptr) {
         variants.emplace_back(name + "-stored", lazy_model(path, stored()));
       }
       for (const auto& [variant, model] : variants) {

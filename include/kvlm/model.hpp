@@ -190,26 +190,26 @@ class Model {
   // are copied too: a fault on a norm's page maps back the file pages around it (up to 2 MB on
   // tinyllama-1.1b, 76 MB over a forward pass).
   void interleave_matrices(bool mapped) {
-    const auto interleaves = [](const WeightView& w) {
-      return kernels::has_interleaved_layout(w.dtype) &&
-             kernels::kernels(w.dtype).gemm_interleaved != nullptr;
+    std::vector<std::pair<WeightView*, bool>> copies;  // the matrix, and whether to release it
+    const auto add = [&copies](WeightView& w, bool release) {
+      if (kernels::kernels(w.dtype).gemm_interleaved != nullptr) copies.emplace_back(&w, release);
     };
-    const auto copy = [&](WeightView& w, bool release) {
-      if (!interleaves(w)) return;
-      const std::size_t bytes = kernels::interleaved_bytes(w.dtype, w.rows, w.cols);
-      interleaved_.emplace_back(std::initializer_list<std::int64_t>{static_cast<std::int64_t>(bytes)});
-      kernels::interleave(w.dtype, w.data, w.rows, w.cols, interleaved_.back().data());
-      w.interleaved = interleaved_.back().data();
-      interleaved_bytes_ += bytes;
-      if (release && mapped) detail::release_pages(w.data, w.byte_size());
-    };
-    if (mapped && interleaves(blocks_[0].w_gate)) own_norms();  // before any page is released
     for (BlockWeights& b : blocks_) {
       for (WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
-        copy(*w, true);
+        add(*w, true);
       }
     }
-    copy(classifier_, !config_.shared_classifier);
+    add(classifier_, !config_.shared_classifier);
+    if (copies.empty()) return;
+    if (mapped) own_norms();  // before any page is released
+    for (const auto& [w, release] : copies) {
+      const std::size_t bytes = kernels::interleaved_bytes(w->dtype, w->rows, w->cols);
+      interleaved_.push_back(Tensor<std::byte>({static_cast<std::int64_t>(bytes)}));
+      kernels::interleave(w->dtype, w->data, w->rows, w->cols, interleaved_.back().data());
+      w->interleaved = interleaved_.back().data();
+      interleaved_bytes_ += bytes;
+      if (release && mapped) detail::release_pages(w->data, w->byte_size());
+    }
   }
 
   // Points the norms at a copy of their own.
@@ -274,7 +274,7 @@ class Model {
   TensorView<const float> final_norm_;
   WeightView classifier_;
   std::vector<Tensor<std::byte>> interleaved_;  // the interleaved copies the views point into
-  Tensor<float> norms_;  // [2 n_layers + 1, dim] the norms, copied before pages are released
+  Tensor<float> norms_;  // [2 n_layers + 1, dim] the norms, copied when pages are released
   std::size_t interleaved_bytes_ = 0;
   std::size_t decode_weight_bytes_ = 0;
   std::uint64_t fingerprint_ = 0;

@@ -51,10 +51,7 @@ struct ActivationBlock {
   std::int32_t minus_128_sum;  // -128 x the sum of q: Q8_0x16 stores q + 128
 };
 
-/// Whether kvlm has an interleaved layout for type t.
-inline bool has_interleaved_layout(DType t) { return t == DType::kQ4_0 || t == DType::kQ8_0; }
-
-/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (has_interleaved_layout).
+/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (Q4_0 or Q8_0).
 inline std::size_t interleaved_bytes(DType t, std::int64_t rows, std::int64_t cols) {
   const auto groups = static_cast<std::size_t>((rows + kInterleave - 1) / kInterleave);
   return groups * kInterleave * row_bytes(t, cols);
@@ -67,8 +64,11 @@ void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, B
   constexpr int kChunks = sizeof(Block16::qs) / sizeof(Block16::qs[0]);
   // Q8_0x16 stores q + 128: each q's bits with the sign bit flipped.
   constexpr std::uint32_t kFlip = std::is_same_v<Block, BlockQ8_0> ? 0x80808080u : 0u;
-  const std::int64_t groups = (rows + kInterleave - 1) / kInterleave;
-  std::memset(out, 0, static_cast<std::size_t>(groups * n_blocks) * sizeof(Block16));
+  // Every byte is written below but the padding rows of a last, partial group: zero them.
+  if (rows % kInterleave != 0) {
+    std::memset(out + rows / kInterleave * n_blocks, 0,
+                static_cast<std::size_t>(n_blocks) * sizeof(Block16));
+  }
   // Row by row, so that each row is read in one pass; a group's blocks stay in cache meanwhile.
   for (std::int64_t r = 0; r < rows; ++r) {
     Block16* group = out + r / kInterleave * n_blocks;
@@ -88,7 +88,7 @@ void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, B
 
 }  // namespace detail
 
-/// Writes the interleaved copy of w: [rows, cols] of type t (has_interleaved_layout) to out
+/// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0 or Q8_0) to out
 /// (interleaved_bytes(t, rows, cols) bytes).
 inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t cols, void* out) {
   const std::int64_t n_blocks = cols / 32;
