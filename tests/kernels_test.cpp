@@ -740,6 +740,74 @@ TEST(KernelsInterleaved, LayoutHoldsEachRowsBlocks) {
   }
 }
 
+// --- The float GEMM over packed panels (kernels/panel.hpp) ---------------------------------------
+
+TEST(KernelsPanel, LayoutHoldsEachColumnOfThe32Rows) {
+  // Independent of the kernels: the plain packing, element by element.
+  const std::int64_t rows = 19, cols = 21;
+  const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), 41);
+  std::vector<float> panel(static_cast<std::size_t>(panel_floats(cols)), -1.0f);
+  ASSERT_EQ(panel.size(), static_cast<std::size_t>(cols * 32));
+  pack_panel(w.data(), rows, cols, panel.data());
+  for (std::int64_t k = 0; k < cols; ++k) {
+    for (std::int64_t r = 0; r < 32; ++r) {
+      ASSERT_EQ(panel[k * 32 + r], r < rows ? w[r * cols + k] : 0.0f) << "column " << k << ", row " << r;
+    }
+  }
+}
+
+TEST(KernelsPanel, ScalarTwinMatchesDoublePrecision) {
+  const std::int64_t rows = 7, cols = 300, n_tokens = 3;
+  const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), 42);
+  const std::vector<float> x = random_floats(static_cast<std::size_t>(n_tokens * cols), 43);
+  std::vector<float> panel(static_cast<std::size_t>(panel_floats(cols)));
+  pack_panel(w.data(), rows, cols, panel.data());
+  std::vector<float> y(static_cast<std::size_t>(n_tokens * rows));
+  scalar::gemm_panel(panel.data(), rows, cols, x.data(), n_tokens, y.data(), rows);
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double exact = 0.0, magnitude = 0.0;
+      for (std::int64_t k = 0; k < cols; ++k) {
+        exact += static_cast<double>(w[r * cols + k]) * x[t * cols + k];
+        magnitude += std::fabs(static_cast<double>(w[r * cols + k]) * x[t * cols + k]);
+      }
+      EXPECT_NEAR(y[t * rows + r], exact, order_tolerance(cols) * magnitude);
+    }
+  }
+}
+
+TEST(KernelsPanel, EachPathPacksAndMultipliesAsTheScalarTwin) {
+  // Every row count of a panel's two halves, columns around the 16-wide packing steps, token
+  // counts around each path's tile; outputs outside the rows and tokens stay untouched.
+  for (Simd simd : supported_paths()) {
+    const PanelKernels* k = panel_kernels(simd);
+    if (k == nullptr) continue;  // the scalar path multiplies with Eigen
+    for (std::int64_t rows : {1, 5, 15, 16, 17, 31, 32}) {
+      for (std::int64_t cols : {1, 15, 16, 17, 64, 172}) {
+        for (std::int64_t n_tokens : {1, 5, 6, 7, 8, 9, 13, 17}) {
+          SCOPED_TRACE(std::string(to_string(simd)) + " rows " + std::to_string(rows) + " cols " +
+                       std::to_string(cols) + " tokens " + std::to_string(n_tokens));
+          const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols * 10 + n_tokens);
+          const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), seed);
+          const std::vector<float> x =
+              random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1);
+          std::vector<float> panel_ref(static_cast<std::size_t>(panel_floats(cols)));
+          std::vector<float> panel(panel_ref.size(), -1.0f);
+          pack_panel(w.data(), rows, cols, panel_ref.data());
+          k->pack(w.data(), rows, cols, panel.data());
+          ASSERT_EQ(panel, panel_ref);
+          const std::int64_t ldy = rows + 3;
+          std::vector<float> y_ref(static_cast<std::size_t>(n_tokens * ldy), -2.0f);
+          std::vector<float> y(y_ref.size(), -2.0f);
+          scalar::gemm_panel(panel_ref.data(), rows, cols, x.data(), n_tokens, y_ref.data(), ldy);
+          k->gemm(panel.data(), rows, cols, x.data(), n_tokens, y.data(), ldy);
+          ASSERT_EQ(y, y_ref);  // bit for bit, the padding included
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsGemv, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {
   // The SIMD gemvs prefetch the next group of rows on matrices of 4 MiB and more.
   const std::int64_t cols = 1024;

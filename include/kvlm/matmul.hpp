@@ -2,10 +2,10 @@
 // matmul: y = x W^T for weights of any DType, the one door through which the forward pass
 // multiplies by a weight matrix. The type decides what runs behind it:
 //  - F32 weights, for up to kMaxF32GemvTokens tokens, run the gemv_f32 kernel for every token
-//    (over tiles of kGemvTileRows rows held in cache when there are several), so a host compiled
-//    without -march decodes with the AVX-512 or AVX2 kernel too and a token's outputs do not
-//    depend on the batch; more tokens go to Eigen's matrix product, which for 2 to 4 tokens
-//    costs more in packing (a copy of the weights) than the product;
+//    (over tiles of kGemvTileRows rows held in cache when there are several), so a token's
+//    outputs do not depend on the batch; more tokens run the path's float GEMM
+//    (kernels/panel.hpp), which packs kPanelRows rows at a time into a panel and multiplies every
+//    token by it;
 //  - other types, for up to kMaxGemvTokens tokens (decode, and sessions decoding together), run
 //    over tiles of kGemvTileRows rows as stored, which stay in cache while the tokens pass over
 //    them, with the activations quantized once per call where the type decodes with 8-bit ones
@@ -14,10 +14,13 @@
 //    for every token. Each output is exactly the same whatever the number of tokens, so
 //    sessions batched together compute what each computes alone;
 //  - other types, for more tokens (prefill), run the gemm kernel where there is one, else
-//    dequantize tiles of kTileRows weight rows into a per-thread float tile and multiply the
-//    whole batch by each tile with Eigen;
+//    dequantize kPanelRows weight rows at a time into a per-thread buffer and run the float GEMM
+//    on them;
 //  - weights with an interleaved copy (WeightView::interleaved) run the type's gemm_interleaved
 //    on it for any number of tokens, the activation quantized and prepared once per call.
+// Every kernel is chosen at run time (kernels/kernels.hpp), so a host compiled without -march
+// runs them too. The scalar path has no float GEMM: there, Eigen's matrix product (compiled for
+// the host) takes its place.
 // Rows of all the products are split across the threads, so each thread reads only its share of
 // the weights and the threads meet once per call.
 
@@ -36,14 +39,9 @@
 
 namespace kvlm {
 
-/// Buffers a matmul over non-F32 weights needs, sized once (per session) so that a decode step
-/// allocates nothing.
+/// Buffers a matmul needs, sized once (per session) so that a decode step allocates nothing.
 class MatmulScratch {
  public:
-  // Weight rows dequantized per tile in a batched product. Eigen packs the whole batch again for
-  // every tile, so wider tiles amortise that better: on tinyllama-1.1b's shape, 512 tokens, 256
-  // rows prefilled about 5% faster than 64 (a tile of 5632-wide rows is then 5.8 MB a thread).
-  static constexpr std::int64_t kTileRows = 256;
   // Up to this many tokens a non-F32 product without a gemm kernel runs the gemv kernels on
   // the stored rows; beyond it, dequantizing a tile once and sharing it across the batch is
   // faster (the gemv kernels take one token at a time: on tinyllama-1.1b's shape, prefilling
@@ -66,12 +64,26 @@ class MatmulScratch {
         quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
         prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(max_in))}),
         interleaved_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
-        tiles_({std::max(n_threads, 1), kTileRows, max_in}) {}
+        rows_({std::max(n_threads, 1), kernels::kPanelRows, max_in}),
+        panels_({std::max(n_threads, 1), kernels::panel_floats(max_in)}) {}
+
+  /// byte_size() of a scratch constructed with these arguments, without constructing it.
+  static std::size_t bytes_needed(std::int64_t max_batch, std::int64_t max_in, int n_threads) {
+    const auto n = [](std::int64_t count) { return static_cast<std::size_t>(count); };
+    const std::int64_t blocks = (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize;
+    const std::int64_t blocks_k = (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize;
+    const std::int64_t threads = std::max(n_threads, 1);
+    return n(max_batch * blocks) * (sizeof(BlockQ8_0) + sizeof(kernels::ActivationBlock)) +
+           n(max_batch * blocks_k) * sizeof(BlockQ8_K) +
+           n(max_batch) * kernels::prepared_bytes(max_in) +
+           n(threads * (kernels::kPanelRows * max_in + kernels::panel_floats(max_in))) *
+               sizeof(float);
+  }
 
   std::int64_t max_in() const { return max_in_; }
   std::size_t byte_size() const {
     return quantized_.byte_size() + quantized_k_.byte_size() + prepared_.byte_size() +
-           interleaved_.byte_size() + tiles_.byte_size();
+           interleaved_.byte_size() + rows_.byte_size() + panels_.byte_size();
   }
   // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
@@ -81,8 +93,10 @@ class MatmulScratch {
   kernels::ActivationBlock* interleaved() { return interleaved_.data(); }
   // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.
   BlockQ8_K* quantized_k(std::int64_t t) { return quantized_k_.view().row(t); }
-  // A thread's tile of dequantized weight rows: [kTileRows, max_in].
-  float* tile(int thread) { return tiles_.view().row(thread * kTileRows); }
+  // A thread's buffer of weight rows as floats: [kPanelRows, max_in].
+  float* rows(int thread) { return rows_.view().row(thread * kernels::kPanelRows); }
+  // A thread's panel: [panel_floats(max_in)].
+  float* panel(int thread) { return panels_.view().row(thread); }
 
  private:
   std::int64_t max_in_;
@@ -90,7 +104,8 @@ class MatmulScratch {
   Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(max_in / 256)]
   Tensor<std::byte> prepared_;   // [max_batch, prepared_bytes(max_in)]
   Tensor<kernels::ActivationBlock> interleaved_;  // [max_batch, ceil(max_in / 32)]
-  Tensor<float> tiles_;          // [n_threads, kTileRows, max_in]
+  Tensor<float> rows_;           // [n_threads, kPanelRows, max_in]
+  Tensor<float> panels_;         // [n_threads, panel_floats(max_in)]
 };
 
 /// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
@@ -111,15 +126,32 @@ inline bool uses_gemm(const kernels::TypeKernels& k, std::int64_t n_tokens) {
          (k.decode_activation == DType::kQ8_0 || n_tokens > MatmulScratch::kMaxGemvTokens);
 }
 
+// y[t * ldy + i] = row i · token t for the `rows` (at most kPanelRows) float rows w: [rows, in],
+// on the path's float GEMM, or Eigen on the scalar path.
+inline void float_rows_product(TensorView<const float> x, const float* w, std::int64_t rows,
+                               float* y, std::int64_t ldy, MatmulScratch& scratch, int thread) {
+  const std::int64_t n_tokens = x.rows(), in = x.cols();
+  if (const kernels::PanelKernels* panels = kernels::panel_kernels()) {
+    panels->pack(w, rows, in, scratch.panel(thread));
+    panels->gemm(scratch.panel(thread), rows, in, x.data(), n_tokens, y, ldy);
+    return;
+  }
+  const Eigen::Map<const RowMajorMatrix<float>> w_rows(w, rows, in);  // [rows, in]
+  Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_rows(
+      y, n_tokens, rows, Eigen::OuterStride<>(ldy));  // [n_tokens, rows]
+  y_rows.noalias() = x.matrix() * w_rows.transpose();
+}
+
 // Rows [lo, hi) of one product. The scratch holds x quantized, and prepared by `prepared`
 // (null if by none).
 inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_t lo,
                         std::int64_t hi, MatmulScratch& scratch, int thread, Prepare prepared) {
   const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
-  Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Eigen::OuterStride<>> y_part(
-      p.y.data() + lo, n_tokens, n, Eigen::OuterStride<>(p.y.cols()));  // [n_tokens, n]
   if (p.w.dtype == DType::kF32 && n_tokens > MatmulScratch::kMaxF32GemvTokens) {
-    y_part.noalias() = x.matrix() * p.w.f32().rows_slice(lo, n).matrix().transpose();
+    for (std::int64_t r = lo; r < hi; r += kernels::kPanelRows) {
+      const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - r);
+      float_rows_product(x, p.w.f32().row(r), rows, p.y.data() + r, p.y.cols(), scratch, thread);
+    }
     return;
   }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
@@ -153,12 +185,11 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_
     }
     return;
   }
-  float* tile = scratch.tile(thread);
-  for (std::int64_t r = lo; r < hi; r += MatmulScratch::kTileRows) {
-    const std::int64_t rows = std::min(MatmulScratch::kTileRows, hi - r);
-    for (std::int64_t i = 0; i < rows; ++i) k.to_float(p.w.row(r + i), tile + i * in, in);
-    const Eigen::Map<const RowMajorMatrix<float>> w_tile(tile, rows, in);  // [rows, in]
-    y_part.middleCols(r - lo, rows).noalias() = x.matrix() * w_tile.transpose();
+  float* w_rows = scratch.rows(thread);
+  for (std::int64_t r = lo; r < hi; r += kernels::kPanelRows) {
+    const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - r);
+    for (std::int64_t i = 0; i < rows; ++i) k.to_float(p.w.row(r + i), w_rows + i * in, in);
+    float_rows_product(x, w_rows, rows, p.y.data() + r, p.y.cols(), scratch, thread);
   }
 }
 

@@ -653,11 +653,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   bytes += f32(2 * batch * kv_dim);                             // k, v before they are stored
   bytes += static_cast<std::size_t>(batch) * sizeof(SequenceRows);  // where a pass's rows go
   bytes += AttentionScratch::bytes_needed(static_cast<int>(threads), c.group(), kv_dim, o.kv_type);
-  bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(BlockQ8_0);
-  bytes += static_cast<std::size_t>(batch * ((max_in + 255) / 256)) * sizeof(BlockQ8_K);
-  bytes += static_cast<std::size_t>(batch) * kernels::prepared_bytes(max_in);
-  bytes += static_cast<std::size_t>(batch * ((max_in + 31) / 32)) * sizeof(kernels::ActivationBlock);
-  bytes += f32(threads * MatmulScratch::kTileRows * max_in);    // dequantized weight tiles
+  bytes += MatmulScratch::bytes_needed(batch, max_in, static_cast<int>(threads));
   bytes += f32(c.vocab_size);                                   // logits
   bytes += static_cast<std::size_t>(seq) * sizeof(Token);       // tokens
   bytes += GenerateOptions::kMaxTopLogprobs * sizeof(TokenLogprob);  // top alternatives

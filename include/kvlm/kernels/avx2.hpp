@@ -10,13 +10,18 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
 #include "kvlm/dtype.hpp"
+#include "kvlm/kernels/panel.hpp"
 
 #define KVLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Unrolls the loops over a tile's tokens, so that its accumulators live in registers.
+#define KVLM_UNROLL_AVX2 _Pragma("GCC unroll 8")
 
 namespace kvlm::kernels::avx2 {
 
@@ -728,6 +733,66 @@ KVLM_TARGET_AVX2 inline void quantize_activation_k(const float* x, BlockQ8_K* ou
   }
 }
 
+// --- The float GEMM over packed panels (layout in kernels/panel.hpp) ---------------------------
+// A pass takes half a panel: two vectors hold a column's 16 rows, and each of kPanelTokens tokens
+// broadcasts its value of that column into two FMAs, so the 12 accumulators (16 rows x 6 tokens)
+// stay in registers over all the columns, beside the two weight vectors and the broadcast. The
+// panels are packed by the plain kernels::pack_panel.
+
+constexpr int kPanelTokens = 6;
+
+// Rows [16 * half, 16 * half + n_rows) of the panel times kTokens tokens, x: [kTokens, cols].
+template <int kTokens>
+KVLM_TARGET_AVX2 inline void gemm_panel_tokens(int tokens, const float* panel, int half,
+                                               std::int64_t n_rows, std::int64_t cols,
+                                               const float* x, float* y, std::int64_t ldy) {
+  if constexpr (kTokens > 1) {
+    if (tokens < kTokens) {
+      return gemm_panel_tokens<kTokens - 1>(tokens, panel, half, n_rows, cols, x, y, ldy);
+    }
+  }
+  __m256 acc[kTokens][2];
+  KVLM_UNROLL_AVX2
+  for (int t = 0; t < kTokens; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  const float* w = panel + 16 * half;
+  for (std::int64_t k = 0; k < cols; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(w + k * kPanelRows);
+    const __m256 w1 = _mm256_loadu_ps(w + k * kPanelRows + 8);
+    KVLM_UNROLL_AVX2
+    for (int t = 0; t < kTokens; ++t) {
+      const __m256 xt = _mm256_broadcast_ss(x + t * cols + k);
+      acc[t][0] = _mm256_fmadd_ps(w0, xt, acc[t][0]);
+      acc[t][1] = _mm256_fmadd_ps(w1, xt, acc[t][1]);
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    float* out = y + t * ldy + 16 * half;
+    if (n_rows >= 16) {
+      _mm256_storeu_ps(out, acc[t][0]);
+      _mm256_storeu_ps(out + 8, acc[t][1]);
+    } else {
+      alignas(32) float rows[16];
+      _mm256_store_ps(rows, acc[t][0]);
+      _mm256_store_ps(rows + 8, acc[t][1]);
+      for (std::int64_t r = 0; r < n_rows; ++r) out[r] = rows[r];
+    }
+  }
+}
+
+/// scalar::gemm_panel, bit for bit.
+KVLM_TARGET_AVX2 inline void gemm_panel(const float* panel, std::int64_t n_rows,
+                                        std::int64_t cols, const float* x,
+                                        std::int64_t n_tokens, float* y, std::int64_t ldy) {
+  for (int half = 0; half * 16 < n_rows; ++half) {
+    for (std::int64_t t = 0; t < n_tokens; t += kPanelTokens) {
+      const int tokens = static_cast<int>(std::min<std::int64_t>(kPanelTokens, n_tokens - t));
+      gemm_panel_tokens<kPanelTokens>(tokens, panel, half, n_rows - 16 * half, cols,
+                                      x + t * cols, y + t * ldy, ldy);
+    }
+  }
+}
+
 }  // namespace kvlm::kernels::avx2
 
 #undef KVLM_TARGET_AVX2  // the attribute belongs to these definitions, not to the host
+#undef KVLM_UNROLL_AVX2

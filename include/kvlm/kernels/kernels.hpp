@@ -21,6 +21,7 @@
 #include "kvlm/kernels/avx2.hpp"
 #include "kvlm/kernels/avx512.hpp"
 #include "kvlm/kernels/interleaved.hpp"
+#include "kvlm/kernels/panel.hpp"
 #include "kvlm/kernels/scalar.hpp"
 
 namespace kvlm::kernels {
@@ -270,6 +271,31 @@ inline const TypeKernels& kernels(DType t, Simd simd) {
 
 /// The kernels of type t on the process's path.
 inline const TypeKernels& kernels(DType t) { return kernels(t, active_simd()); }
+
+/// A path's float GEMM (kernels/panel.hpp): pack copies up to kPanelRows float rows into a panel,
+/// gemm multiplies n_tokens tokens (x: [n_tokens, cols]) by it: y[t * ldy + r] = row r · token t,
+/// bit for bit scalar::gemm_panel.
+struct PanelKernels {
+  void (*pack)(const float* rows, std::int64_t n_rows, std::int64_t cols, float* panel);
+  void (*gemm)(const float* panel, std::int64_t n_rows, std::int64_t cols, const float* x,
+               std::int64_t n_tokens, float* y, std::int64_t ldy);
+};
+
+/// The float GEMM of path simd, or null on the scalar path, whose float products of many tokens
+/// run on Eigen compiled for the host: scalar::gemm_panel is the SIMD kernels' reference, and
+/// without -mfma each of its multiply-adds is a call to libm's fma.
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd.
+inline const PanelKernels* panel_kernels(Simd simd = active_simd()) {
+  static constexpr PanelKernels kAvx2{pack_panel, avx2::gemm_panel};
+  static constexpr PanelKernels kAvx512{avx512::pack_panel, avx512::gemm_panel};
+  detail::check_supported(simd);
+  switch (simd) {
+    case Simd::kScalar: return nullptr;
+    case Simd::kAvx2: return &kAvx2;
+    case Simd::kAvx512: return &kAvx512;
+  }
+  return nullptr;
+}
 
 /// Quantizes an activation for the integer gemv (scalar::quantize_activation, bit for bit on
 /// every path): x: [n], out: [n / 32], n a multiple of 32.

@@ -23,6 +23,7 @@
 #include "kvlm/detail/assert.hpp"
 #include "kvlm/dtype.hpp"
 #include "kvlm/kernels/interleaved.hpp"
+#include "kvlm/kernels/panel.hpp"
 
 namespace kvlm::kernels::scalar {
 
@@ -602,6 +603,23 @@ void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_en
           dot += q * a.q[j];
         }
         sum = std::fma(static_cast<float>(dot) * a.d, fp16_to_fp32(row[b].d[lane]), sum);
+      }
+      y[t * ldy + r] = sum;
+    }
+  }
+}
+
+/// The float GEMM's twin: y[t * ldy + r] = row r · token t for the n_rows rows of panel
+/// (kernels/panel.hpp: [cols, kPanelRows]); x: [n_tokens, cols]. Each sum runs over the columns
+/// in order, one fused multiply-add each, as every lane of the SIMD kernels does: they match it
+/// bit for bit.
+inline void gemm_panel(const float* panel, std::int64_t n_rows, std::int64_t cols, const float* x,
+                       std::int64_t n_tokens, float* y, std::int64_t ldy) {
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    for (std::int64_t r = 0; r < n_rows; ++r) {
+      float sum = 0.0f;
+      for (std::int64_t k = 0; k < cols; ++k) {
+        sum = std::fma(panel[k * kPanelRows + r], x[t * cols + k], sum);
       }
       y[t * ldy + r] = sum;
     }
