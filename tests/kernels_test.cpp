@@ -748,7 +748,7 @@ TEST(KernelsPanel, LayoutHoldsEachColumnOfThe32Rows) {
   const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), 41);
   std::vector<float> panel(static_cast<std::size_t>(panel_floats(cols)), -1.0f);
   ASSERT_EQ(panel.size(), static_cast<std::size_t>(cols * 32));
-  pack_panel(w.data(), rows, cols, panel.data());
+  pack_panel(w.data(), cols, rows, cols, panel.data());
   for (std::int64_t k = 0; k < cols; ++k) {
     for (std::int64_t r = 0; r < 32; ++r) {
       ASSERT_EQ(panel[k * 32 + r], r < rows ? w[r * cols + k] : 0.0f) << "column " << k << ", row " << r;
@@ -756,14 +756,28 @@ TEST(KernelsPanel, LayoutHoldsEachColumnOfThe32Rows) {
   }
 }
 
+TEST(KernelsPanel, PackingFromColumnsIsPackingTheTranspose) {
+  const std::int64_t rows = 21, cols = 9;  // the source holds the transpose: [cols, rows]
+  const std::vector<float> t = random_floats(static_cast<std::size_t>(cols * rows), 44);
+  std::vector<float> transposed(static_cast<std::size_t>(rows * cols));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t k = 0; k < cols; ++k) transposed[r * cols + k] = t[k * rows + r];
+  }
+  std::vector<float> expected(static_cast<std::size_t>(panel_floats(cols)));
+  std::vector<float> panel(expected.size(), -1.0f);
+  pack_panel(transposed.data(), cols, rows, cols, expected.data());
+  pack_panel_from_columns(t.data(), rows, rows, cols, panel.data());
+  EXPECT_EQ(panel, expected);
+}
+
 TEST(KernelsPanel, ScalarTwinMatchesDoublePrecision) {
   const std::int64_t rows = 7, cols = 300, n_tokens = 3;
   const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), 42);
   const std::vector<float> x = random_floats(static_cast<std::size_t>(n_tokens * cols), 43);
   std::vector<float> panel(static_cast<std::size_t>(panel_floats(cols)));
-  pack_panel(w.data(), rows, cols, panel.data());
+  pack_panel(w.data(), cols, rows, cols, panel.data());
   std::vector<float> y(static_cast<std::size_t>(n_tokens * rows));
-  scalar::gemm_panel(panel.data(), rows, cols, x.data(), n_tokens, y.data(), rows);
+  scalar::gemm_panel(panel.data(), rows, cols, x.data(), cols, n_tokens, y.data(), rows);
   for (std::int64_t t = 0; t < n_tokens; ++t) {
     for (std::int64_t r = 0; r < rows; ++r) {
       double exact = 0.0, magnitude = 0.0;
@@ -788,19 +802,21 @@ TEST(KernelsPanel, EachPathPacksAndMultipliesAsTheScalarTwin) {
           SCOPED_TRACE(std::string(to_string(simd)) + " rows " + std::to_string(rows) + " cols " +
                        std::to_string(cols) + " tokens " + std::to_string(n_tokens));
           const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols * 10 + n_tokens);
-          const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * cols), seed);
+          // Rows and tokens a few floats further apart than their length, as attention has them.
+          const std::int64_t ld = cols + 5, ldx = cols + 3, ldy = rows + 3;
+          const std::vector<float> w = random_floats(static_cast<std::size_t>(rows * ld), seed);
           const std::vector<float> x =
-              random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1);
+              random_floats(static_cast<std::size_t>(n_tokens * ldx), seed + 1);
           std::vector<float> panel_ref(static_cast<std::size_t>(panel_floats(cols)));
           std::vector<float> panel(panel_ref.size(), -1.0f);
-          pack_panel(w.data(), rows, cols, panel_ref.data());
-          k->pack(w.data(), rows, cols, panel.data());
+          pack_panel(w.data(), ld, rows, cols, panel_ref.data());
+          k->pack(w.data(), ld, rows, cols, panel.data());
           ASSERT_EQ(panel, panel_ref);
-          const std::int64_t ldy = rows + 3;
           std::vector<float> y_ref(static_cast<std::size_t>(n_tokens * ldy), -2.0f);
           std::vector<float> y(y_ref.size(), -2.0f);
-          scalar::gemm_panel(panel_ref.data(), rows, cols, x.data(), n_tokens, y_ref.data(), ldy);
-          k->gemm(panel.data(), rows, cols, x.data(), n_tokens, y.data(), ldy);
+          scalar::gemm_panel(panel_ref.data(), rows, cols, x.data(), ldx, n_tokens, y_ref.data(),
+                             ldy);
+          k->gemm(panel.data(), rows, cols, x.data(), ldx, n_tokens, y.data(), ldy);
           ASSERT_EQ(y, y_ref);  // bit for bit, the padding included
         }
       }

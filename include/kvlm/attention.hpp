@@ -43,13 +43,16 @@ class AttentionScratch {
       : scores_({n_threads, pass_rows(group), kTilePositions}),
         stats_({n_threads, pass_rows(group), 2}),
         tiles_(cache_type == DType::kF32 ? Tensor<float>()
-                                         : Tensor<float>({n_threads, kTilePositions, kv_dim})) {}
+                                         : Tensor<float>({n_threads, kTilePositions, kv_dim})),
+        panels_({n_threads, panel_floats(kv_dim)}),
+        products_({n_threads, kTileQueries, kv_dim}) {}
 
   /// What the constructor allocates, in bytes.
   static std::size_t bytes_needed(int n_threads, int group, std::int64_t kv_dim, DType cache_type) {
     const std::int64_t rows = pass_rows(group);
     const std::int64_t tile = cache_type == DType::kF32 ? 0 : kTilePositions * kv_dim;
-    return static_cast<std::size_t>(n_threads * (rows * kTilePositions + rows * 2 + tile)) *
+    return static_cast<std::size_t>(n_threads * (rows * kTilePositions + rows * 2 + tile +
+                                                 panel_floats(kv_dim) + kTileQueries * kv_dim)) *
            sizeof(float);
   }
 
@@ -62,14 +65,26 @@ class AttentionScratch {
   float* stats(int thread) { return stats_.view().row(thread * stats_.view().dim(1)); }
   // A thread's tile of cache rows as floats, [kTilePositions, kv_dim].
   float* tile(int thread) { return tiles_.view().row(thread * kTilePositions); }
+  // A thread's panel of keys or values (kernels/panel.hpp), [panel_floats(kv_dim)].
+  float* panel(int thread) { return panels_.view().row(thread); }
+  // A thread's product of a tile's scores and values, [kTileQueries, kv_dim].
+  float* product(int thread) { return products_.view().row(thread * kTileQueries); }
   std::size_t byte_size() const {
-    return scores_.byte_size() + stats_.byte_size() + tiles_.byte_size();
+    return scores_.byte_size() + stats_.byte_size() + tiles_.byte_size() + panels_.byte_size() +
+           products_.byte_size();
   }
 
  private:
+  // A panel holds a key tile (head_dim columns) or a value tile (kTilePositions columns).
+  static std::int64_t panel_floats(std::int64_t kv_dim) {
+    return kernels::panel_floats(std::max(kv_dim, kTilePositions));
+  }
+
   Tensor<float> scores_;  // [n_threads, pass_rows, kTilePositions]
   Tensor<float> stats_;   // [n_threads, pass_rows, 2]
   Tensor<float> tiles_;   // [n_threads, kTilePositions, kv_dim], empty for an F32 cache
+  Tensor<float> panels_;  // [n_threads, panel_floats(kv_dim)]
+  Tensor<float> products_;  // [n_threads, kTileQueries, kv_dim]
 };
 
 /// out = softmax(Q K^T / sqrt(head_dim), causal) V for tokens at positions
@@ -118,12 +133,17 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
   const std::int64_t blocks_per_pass =
       one_token && !in_place ? std::max<std::int64_t>(1, AttentionScratch::pass_rows(group) / group)
                              : 1;
+  // A batch's products run on the path's float GEMM where there is one; one token's (a few
+  // heads against each key) and the scalar path's on Eigen.
+  const kernels::PanelKernels* panels = one_token ? nullptr : kernels::panel_kernels();
 
   detail::parallel_for_rows(n_blocks, work, n_threads, 1,
                             [&](std::int64_t block_begin, std::int64_t block_end, int thread) {
     float* tile = in_place ? nullptr : scratch.tile(thread);  // [kTile, kv_dim]
     float* const scores = scratch.scores(thread);             // [pass rows, kTile]
     float* const stats = scratch.stats(thread);               // [pass rows, 2]: max, sum
+    float* const panel = scratch.panel(thread);
+    float* const product = scratch.product(thread);           // [kTileQueries, head_dim]
     for (std::int64_t b0 = block_begin; b0 < block_end; b0 += blocks_per_pass) {
       const std::int64_t b1 = std::min(block_end, b0 + blocks_per_pass);
       // The pass's query rows: block b's first token and head, its row count, its rows' offset
@@ -163,11 +183,36 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
           }
         }
       };
-      // KV head h's rows [t0, t0 + n) as floats, [n, head_dim]: the cache itself, or the tile.
+      // KV head h's rows from position t0 on as floats, cache.cols apart: the cache itself, or
+      // the tile.
+      const auto head_data = [&](const KVRows& cache, std::int64_t t0, std::int64_t kv_head) {
+        return (in_place ? reinterpret_cast<const float*>(cache.row(t0)) : tile) + kv_head * hd;
+      };
       const auto head_rows = [&](const KVRows& cache, std::int64_t t0, std::int64_t n,
-                                 std::int64_t kv_head) {
-        const float* base = in_place ? reinterpret_cast<const float*>(cache.row(t0)) : tile;
-        return ConstRows(base + kv_head * hd, n, hd, Strided(cache.cols));
+                                 std::int64_t kv_head) {  // [n, head_dim]
+        return ConstRows(head_data(cache, t0, kv_head), n, hd, Strided(cache.cols));
+      };
+      // A batch's products run on the path's float GEMM, 32 keys or 32 output columns per panel:
+      // block b's scores for keys [t0, t0 + n), then the tile's share of its outputs.
+      const auto batch_scores = [&](std::int64_t b, std::int64_t t0, std::int64_t n) {
+        const float* k_rows = head_data(keys, t0, kv_head_of(b));
+        for (std::int64_t j = 0; j < n; j += kernels::kPanelRows) {
+          const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, n - j);
+          panels->pack(k_rows + j * keys.cols, keys.cols, rows, hd, panel);
+          panels->gemm(panel, rows, hd, q_of(b).data(), row_stride, block_rows,
+                       scores + (b - b0) * block_rows * kTile + j, kTile);
+        }
+        scores_of(b, n) *= scale;
+      };
+      const auto batch_outputs = [&](std::int64_t b, std::int64_t t0, std::int64_t n) {
+        const float* v_rows = head_data(values, t0, kv_head_of(b));
+        for (std::int64_t d = 0; d < hd; d += kernels::kPanelRows) {
+          const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hd - d);
+          kernels::pack_panel_from_columns(v_rows + d, values.cols, rows, n, panel);
+          panels->gemm(panel, rows, n, scores + (b - b0) * block_rows * kTile, kTile, block_rows,
+                       product + d, hd);
+        }
+        out_of(b) += ConstRows(product, block_rows, hd, Strided(hd));
       };
 
       for (std::int64_t r = 0; r < pass_rows; ++r) {
@@ -181,7 +226,12 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
         const std::int64_t n = std::min(kTile, n_visible - t0);
         convert(keys, t0, n);
         for (std::int64_t b = b0; b < b1; ++b) {
-          scores_of(b, n).noalias() = (q_of(b) * head_rows(keys, t0, n, kv_head_of(b)).transpose()) * scale;
+          if (panels != nullptr) {
+            batch_scores(b, t0, n);
+          } else {
+            scores_of(b, n).noalias() =
+                (q_of(b) * head_rows(keys, t0, n, kv_head_of(b)).transpose()) * scale;
+          }
         }
         // Online softmax: each row's scores become exp(score - running max), its sum and its
         // output so far are rescaled to the new max.
@@ -203,7 +253,11 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
         }
         convert(values, t0, n);
         for (std::int64_t b = b0; b < b1; ++b) {
-          out_of(b).noalias() += scores_of(b, n) * head_rows(values, t0, n, kv_head_of(b));
+          if (panels != nullptr) {
+            batch_outputs(b, t0, n);
+          } else {
+            out_of(b).noalias() += scores_of(b, n) * head_rows(values, t0, n, kv_head_of(b));
+          }
         }
       }
       for (std::int64_t r = 0; r < pass_rows; ++r) {

@@ -132,8 +132,8 @@ inline void float_rows_product(TensorView<const float> x, const float* w, std::i
                                float* y, std::int64_t ldy, MatmulScratch& scratch, int thread) {
   const std::int64_t n_tokens = x.rows(), in = x.cols();
   if (const kernels::PanelKernels* panels = kernels::panel_kernels()) {
-    panels->pack(w, rows, in, scratch.panel(thread));
-    panels->gemm(scratch.panel(thread), rows, in, x.data(), n_tokens, y, ldy);
+    panels->pack(w, in, rows, in, scratch.panel(thread));
+    panels->gemm(scratch.panel(thread), rows, in, x.data(), in, n_tokens, y, ldy);
     return;
   }
   const Eigen::Map<const RowMajorMatrix<float>> w_rows(w, rows, in);  // [rows, in]

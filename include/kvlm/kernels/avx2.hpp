@@ -741,14 +741,16 @@ KVLM_TARGET_AVX2 inline void quantize_activation_k(const float* x, BlockQ8_K* ou
 
 constexpr int kPanelTokens = 6;
 
-// Rows [16 * half, 16 * half + n_rows) of the panel times kTokens tokens, x: [kTokens, cols].
+// Rows [16 * half, 16 * half + n_rows) of the panel times kTokens tokens, token t at
+// x + t * ldx.
 template <int kTokens>
 KVLM_TARGET_AVX2 inline void gemm_panel_tokens(int tokens, const float* panel, int half,
                                                std::int64_t n_rows, std::int64_t cols,
-                                               const float* x, float* y, std::int64_t ldy) {
+                                               const float* x, std::int64_t ldx, float* y,
+                                               std::int64_t ldy) {
   if constexpr (kTokens > 1) {
     if (tokens < kTokens) {
-      return gemm_panel_tokens<kTokens - 1>(tokens, panel, half, n_rows, cols, x, y, ldy);
+      return gemm_panel_tokens<kTokens - 1>(tokens, panel, half, n_rows, cols, x, ldx, y, ldy);
     }
   }
   __m256 acc[kTokens][2];
@@ -760,7 +762,7 @@ KVLM_TARGET_AVX2 inline void gemm_panel_tokens(int tokens, const float* panel, i
     const __m256 w1 = _mm256_loadu_ps(w + k * kPanelRows + 8);
     KVLM_UNROLL_AVX2
     for (int t = 0; t < kTokens; ++t) {
-      const __m256 xt = _mm256_broadcast_ss(x + t * cols + k);
+      const __m256 xt = _mm256_broadcast_ss(x + t * ldx + k);
       acc[t][0] = _mm256_fmadd_ps(w0, xt, acc[t][0]);
       acc[t][1] = _mm256_fmadd_ps(w1, xt, acc[t][1]);
     }
@@ -781,13 +783,13 @@ KVLM_TARGET_AVX2 inline void gemm_panel_tokens(int tokens, const float* panel, i
 
 /// scalar::gemm_panel, bit for bit.
 KVLM_TARGET_AVX2 inline void gemm_panel(const float* panel, std::int64_t n_rows,
-                                        std::int64_t cols, const float* x,
+                                        std::int64_t cols, const float* x, std::int64_t ldx,
                                         std::int64_t n_tokens, float* y, std::int64_t ldy) {
   for (int half = 0; half * 16 < n_rows; ++half) {
     for (std::int64_t t = 0; t < n_tokens; t += kPanelTokens) {
       const int tokens = static_cast<int>(std::min<std::int64_t>(kPanelTokens, n_tokens - t));
       gemm_panel_tokens<kPanelTokens>(tokens, panel, half, n_rows - 16 * half, cols,
-                                      x + t * cols, y + t * ldy, ldy);
+                                      x + t * ldx, ldx, y + t * ldy, ldy);
     }
   }
 }

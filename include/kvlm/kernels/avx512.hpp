@@ -1157,7 +1157,7 @@ KVLM_TARGET_AVX512 inline void transpose16(__m512 (&v)[16]) {
 }
 
 /// kernels::pack_panel, 16 x 16 floats at a time.
-KVLM_TARGET_AVX512 inline void pack_panel(const float* rows, std::int64_t n_rows,
+KVLM_TARGET_AVX512 inline void pack_panel(const float* rows, std::int64_t ld, std::int64_t n_rows,
                                           std::int64_t cols, float* panel) {
   for (int half = 0; half < kPanelRows / 16; ++half) {
     for (std::int64_t k = 0; k < cols; k += 16) {
@@ -1167,7 +1167,7 @@ KVLM_TARGET_AVX512 inline void pack_panel(const float* rows, std::int64_t n_rows
       KVLM_UNROLL
       for (int i = 0; i < 16; ++i) {
         const std::int64_t r = half * 16 + i;
-        v[i] = r < n_rows ? _mm512_maskz_loadu_ps(m, rows + r * cols + k) : _mm512_setzero_ps();
+        v[i] = r < n_rows ? _mm512_maskz_loadu_ps(m, rows + r * ld + k) : _mm512_setzero_ps();
       }
       transpose16(v);
       for (std::int64_t i = 0; i < n_cols; ++i) {
@@ -1179,15 +1179,16 @@ KVLM_TARGET_AVX512 inline void pack_panel(const float* rows, std::int64_t n_rows
 
 constexpr int kPanelTokens = 8;
 
-// The panel's rows times kTokens tokens, x: [kTokens, cols]; rows `lanes[h]` of half h stored.
+// The panel's rows times kTokens tokens, token t at x + t * ldx; rows `lanes[h]` of half h
+// stored.
 template <int kTokens>
 KVLM_TARGET_AVX512 inline void gemm_panel_tokens(int tokens, const float* panel,
                                                  std::int64_t cols, const float* x,
-                                                 const __mmask16 (&lanes)[2], float* y,
-                                                 std::int64_t ldy) {
+                                                 std::int64_t ldx, const __mmask16 (&lanes)[2],
+                                                 float* y, std::int64_t ldy) {
   if constexpr (kTokens > 1) {
     if (tokens < kTokens) {
-      return gemm_panel_tokens<kTokens - 1>(tokens, panel, cols, x, lanes, y, ldy);
+      return gemm_panel_tokens<kTokens - 1>(tokens, panel, cols, x, ldx, lanes, y, ldy);
     }
   }
   __m512 acc[kTokens][2];
@@ -1198,7 +1199,7 @@ KVLM_TARGET_AVX512 inline void gemm_panel_tokens(int tokens, const float* panel,
     const __m512 w1 = _mm512_loadu_ps(panel + k * kPanelRows + 16);
     KVLM_UNROLL
     for (int t = 0; t < kTokens; ++t) {
-      const __m512 xt = _mm512_set1_ps(x[t * cols + k]);
+      const __m512 xt = _mm512_set1_ps(x[t * ldx + k]);
       acc[t][0] = _mm512_fmadd_ps(w0, xt, acc[t][0]);
       acc[t][1] = _mm512_fmadd_ps(w1, xt, acc[t][1]);
     }
@@ -1212,13 +1213,14 @@ KVLM_TARGET_AVX512 inline void gemm_panel_tokens(int tokens, const float* panel,
 
 /// scalar::gemm_panel, bit for bit.
 KVLM_TARGET_AVX512 inline void gemm_panel(const float* panel, std::int64_t n_rows,
-                                          std::int64_t cols, const float* x,
+                                          std::int64_t cols, const float* x, std::int64_t ldx,
                                           std::int64_t n_tokens, float* y, std::int64_t ldy) {
   const __mmask16 lanes[2] = {first_lanes(std::min<std::int64_t>(n_rows, 16)),
                               first_lanes(std::max<std::int64_t>(n_rows - 16, 0))};
   for (std::int64_t t = 0; t < n_tokens; t += kPanelTokens) {
     const int tokens = static_cast<int>(std::min<std::int64_t>(kPanelTokens, n_tokens - t));
-    gemm_panel_tokens<kPanelTokens>(tokens, panel, cols, x + t * cols, lanes, y + t * ldy, ldy);
+    gemm_panel_tokens<kPanelTokens>(tokens, panel, cols, x + t * ldx, ldx, lanes, y + t * ldy,
+                                    ldy);
   }
 }
 

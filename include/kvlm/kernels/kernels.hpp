@@ -272,13 +272,14 @@ inline const TypeKernels& kernels(DType t, Simd simd) {
 /// The kernels of type t on the process's path.
 inline const TypeKernels& kernels(DType t) { return kernels(t, active_simd()); }
 
-/// A path's float GEMM (kernels/panel.hpp): pack copies up to kPanelRows float rows into a panel,
-/// gemm multiplies n_tokens tokens (x: [n_tokens, cols]) by it: y[t * ldy + r] = row r · token t,
-/// bit for bit scalar::gemm_panel.
+/// A path's float GEMM (kernels/panel.hpp): pack copies up to kPanelRows float rows (ld apart)
+/// into a panel, gemm multiplies n_tokens tokens (ldx apart) by it: y[t * ldy + r] = row r ·
+/// token t, bit for bit scalar::gemm_panel.
 struct PanelKernels {
-  void (*pack)(const float* rows, std::int64_t n_rows, std::int64_t cols, float* panel);
+  void (*pack)(const float* rows, std::int64_t ld, std::int64_t n_rows, std::int64_t cols,
+               float* panel);
   void (*gemm)(const float* panel, std::int64_t n_rows, std::int64_t cols, const float* x,
-               std::int64_t n_tokens, float* y, std::int64_t ldy);
+               std::int64_t ldx, std::int64_t n_tokens, float* y, std::int64_t ldy);
 };
 
 /// The float GEMM of path simd, or null on the scalar path, whose float products of many tokens

@@ -9,7 +9,8 @@
 // across at the end.
 //
 // A panel lives only while a thread multiplies by it: a per-thread buffer of the session's
-// scratch, [cols, 32] floats, packed again for every call. Packing costs about 6% of a
+// scratch, [cols, 32] floats, packed again for every call. Attention uses the same kernels for a
+// batch's scores (the keys packed as rows) and outputs (the values packed as columns). Packing costs about 6% of a
 // 512-token product; the rows are read from memory then, once for all the tokens.
 //
 // Layout of a panel of n <= 32 rows of a [rows, cols] matrix: cols groups of 32 floats, group k
@@ -25,12 +26,24 @@ constexpr int kPanelRows = 32;
 /// Floats in a panel of `cols` columns.
 inline std::int64_t panel_floats(std::int64_t cols) { return cols * kPanelRows; }
 
-/// Packs n_rows (at most kPanelRows) rows of `cols` floats, `cols` apart from `rows` on, into
-/// panel ([cols, kPanelRows]).
-inline void pack_panel(const float* rows, std::int64_t n_rows, std::int64_t cols, float* panel) {
+/// Packs n_rows (at most kPanelRows) rows of `cols` floats, row r at rows + r * ld, into panel
+/// ([cols, kPanelRows]).
+inline void pack_panel(const float* rows, std::int64_t ld, std::int64_t n_rows, std::int64_t cols,
+                       float* panel) {
   for (std::int64_t k = 0; k < cols; ++k) {
     for (std::int64_t r = 0; r < kPanelRows; ++r) {
-      panel[k * kPanelRows + r] = r < n_rows ? rows[r * cols + k] : 0.0f;
+      panel[k * kPanelRows + r] = r < n_rows ? rows[r * ld + k] : 0.0f;
+    }
+  }
+}
+
+/// The same for a matrix stored by columns: column k of the n_rows rows is the n_rows floats at
+/// columns + k * ld (attention's values, whose positions are the product's columns).
+inline void pack_panel_from_columns(const float* columns, std::int64_t ld, std::int64_t n_rows,
+                                    std::int64_t cols, float* panel) {
+  for (std::int64_t k = 0; k < cols; ++k) {
+    for (std::int64_t r = 0; r < kPanelRows; ++r) {
+      panel[k * kPanelRows + r] = r < n_rows ? columns[k * ld + r] : 0.0f;
     }
   }
 }

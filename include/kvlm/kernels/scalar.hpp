@@ -610,16 +610,16 @@ void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_en
 }
 
 /// The float GEMM's twin: y[t * ldy + r] = row r · token t for the n_rows rows of panel
-/// (kernels/panel.hpp: [cols, kPanelRows]); x: [n_tokens, cols]. Each sum runs over the columns
-/// in order, one fused multiply-add each, as every lane of the SIMD kernels does: they match it
-/// bit for bit.
+/// (kernels/panel.hpp: [cols, kPanelRows]); token t at x + t * ldx. Each sum runs over the
+/// columns in order, one fused multiply-add each, as every lane of the SIMD kernels does: they
+/// match it bit for bit.
 inline void gemm_panel(const float* panel, std::int64_t n_rows, std::int64_t cols, const float* x,
-                       std::int64_t n_tokens, float* y, std::int64_t ldy) {
+                       std::int64_t ldx, std::int64_t n_tokens, float* y, std::int64_t ldy) {
   for (std::int64_t t = 0; t < n_tokens; ++t) {
     for (std::int64_t r = 0; r < n_rows; ++r) {
       float sum = 0.0f;
       for (std::int64_t k = 0; k < cols; ++k) {
-        sum = std::fma(panel[k * kPanelRows + r], x[t * cols + k], sum);
+        sum = std::fma(panel[k * kPanelRows + r], x[t * ldx + k], sum);
       }
       y[t * ldy + r] = sum;
     }
