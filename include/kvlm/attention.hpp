@@ -200,7 +200,7 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
           const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, n - j);
           panels->pack(k_rows + j * keys.cols, keys.cols, rows, hd, panel);
           panels->gemm(panel, rows, hd, q_of(b).data(), row_stride, block_rows,
-                       scores + (b - b0) * block_rows * kTile + j, kTile);
+                       scores_of(b, n).data() + j, kTile);
         }
         scores_of(b, n) *= scale;
       };
@@ -209,8 +209,7 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
         for (std::int64_t d = 0; d < hd; d += kernels::kPanelRows) {
           const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hd - d);
           kernels::pack_panel_from_columns(v_rows + d, values.cols, rows, n, panel);
-          panels->gemm(panel, rows, n, scores + (b - b0) * block_rows * kTile, kTile, block_rows,
-                       product + d, hd);
+          panels->gemm(panel, rows, n, scores_of(b, n).data(), kTile, block_rows, product + d, hd);
         }
         out_of(b) += ConstRows(product, block_rows, hd, Strided(hd));
       };

@@ -81,7 +81,7 @@ void prefetch_l2(const T* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
 }
 
-// The first n lanes of 16, for n in [0, 16).
+// The first n lanes of 16, for n in [0, 16].
 inline __mmask16 first_lanes(std::int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
 
 // --- Float weights (F32, F16, BF16) times a float activation ------------------------------------
