@@ -262,80 +262,95 @@ void BM_TokenLatency(benchmark::State& state) {
 }
 BENCHMARK(BM_TokenLatency)->Arg(0)->Arg(2000)->Iterations(4)->Unit(benchmark::kMillisecond);
 
-// Peak float32 arithmetic: 12 independent chains of fused multiply-adds on the CPU's widest
-// vectors (AVX-512, else AVX2), on every core. The chains carry their instruction sets, so a build
-// without -march measures the machine's peak too, not its compiler's baseline. Measured once per
-// run and reused by BM_Prefill.
-constexpr int kFmaChains = 12;
+// The machine's peaks, measured once per run and reused by the prefill benchmarks: 12 independent
+// chains of one instruction on every core. The chains carry their instruction sets, so a build
+// without -march measures the machine's peak too, not its compiler's baseline.
+constexpr int kChains = 12;
+constexpr std::int64_t kChainSteps = 20'000'000;
 
+// Operations per second on all threads, each running chains(thread) once: ops_per_thread
+// operations, whose result is kept from the optimiser.
+template <typename Chains>
+double rate_on_every_core(double ops_per_thread, Chains chains) {
+  const int threads = kvlm::detail::hardware_threads();
+  const auto start = std::chrono::steady_clock::now();
+  kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
+                                  [&](std::int64_t, std::int64_t, int thread) {
+    benchmark::DoNotOptimize(chains(thread));
+  });
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return ops_per_thread * threads / seconds;
+}
+
+// A peak as a benchmark: the rate as `counter` in G per second, or `missing` if the CPU lacks it.
+void report_peak(benchmark::State& state, double peak, const char* counter, const char* missing) {
+  if (peak == 0.0) {
+    state.SkipWithError(missing);
+    return;
+  }
+  for (auto _ : state) state.SetIterationTime(1.0 / peak);
+  state.counters[counter] = peak / 1e9;
+  add_context(state, kvlm::detail::hardware_threads());
+}
+
+// Peak float32 arithmetic: fused multiply-adds on the CPU's widest vectors (AVX-512, else AVX2).
 __attribute__((target("avx512f"))) float fma_chains_avx512(std::int64_t steps, int seed) {
-  __m512 acc[kFmaChains];
-  for (int k = 0; k < kFmaChains; ++k) acc[k] = _mm512_set1_ps(1.0f + 0.001f * (k + seed));
+  __m512 acc[kChains];
+  for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(1.0f + 0.001f * (k + seed));
   const __m512 a = _mm512_set1_ps(0.9999999f), b = _mm512_set1_ps(1e-7f);
   for (std::int64_t i = 0; i < steps; ++i) {
-    for (int k = 0; k < kFmaChains; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
   }
   float sum = 0.0f;
-  for (int k = 0; k < kFmaChains; ++k) sum += _mm512_reduce_add_ps(acc[k]);
+  for (int k = 0; k < kChains; ++k) sum += _mm512_reduce_add_ps(acc[k]);
   return sum;
 }
 
 __attribute__((target("avx2,fma"))) float fma_chains_avx2(std::int64_t steps, int seed) {
-  __m256 acc[kFmaChains];
-  for (int k = 0; k < kFmaChains; ++k) acc[k] = _mm256_set1_ps(1.0f + 0.001f * (k + seed));
+  __m256 acc[kChains];
+  for (int k = 0; k < kChains; ++k) acc[k] = _mm256_set1_ps(1.0f + 0.001f * (k + seed));
   const __m256 a = _mm256_set1_ps(0.9999999f), b = _mm256_set1_ps(1e-7f);
   for (std::int64_t i = 0; i < steps; ++i) {
-    for (int k = 0; k < kFmaChains; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
+    for (int k = 0; k < kChains; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
   }
   alignas(32) float lanes[8];
   float sum = 0.0f;
-  for (int k = 0; k < kFmaChains; ++k) {
+  for (int k = 0; k < kChains; ++k) {
     _mm256_store_ps(lanes, acc[k]);
     for (float lane : lanes) sum += lane;
   }
   return sum;
 }
 
+// FLOPs per second (2 per multiply-add); 0 on a CPU without AVX2.
 double measure_peak_flops() {
   static const double flops_per_second = [] {
     using kvlm::kernels::Simd;
-    const bool avx512 = kvlm::kernels::simd_supported(Simd::kAvx512);
-    if (!avx512 && !kvlm::kernels::simd_supported(Simd::kAvx2)) return 0.0;
-    const int lanes = avx512 ? 16 : 8;
-    constexpr std::int64_t kSteps = 20'000'000;
-    const int threads = kvlm::detail::hardware_threads();
-    std::vector<float> sink(64, 0.0f);
-    const auto start = std::chrono::steady_clock::now();
-    kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
-                                    [&](std::int64_t, std::int64_t, int thread) {
-      sink[thread] = avx512 ? fma_chains_avx512(kSteps, thread) : fma_chains_avx2(kSteps, thread);
-    });
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    benchmark::DoNotOptimize(sink.data());
-    return 2.0 * kFmaChains * lanes * kSteps * threads / seconds;
+    const double flops_per_lane = 2.0 * kChains * kChainSteps;
+    if (kvlm::kernels::simd_supported(Simd::kAvx512)) {
+      return rate_on_every_core(16 * flops_per_lane,
+                                [](int thread) { return fma_chains_avx512(kChainSteps, thread); });
+    }
+    if (kvlm::kernels::simd_supported(Simd::kAvx2)) {
+      return rate_on_every_core(8 * flops_per_lane,
+                                [](int thread) { return fma_chains_avx2(kChainSteps, thread); });
+    }
+    return 0.0;
   }();
   return flops_per_second;
 }
 
 void BM_PeakFlops(benchmark::State& state) {
-  const double peak = measure_peak_flops();
-  if (peak == 0.0) {
-    state.SkipWithError("no AVX2 or AVX-512 on this CPU");
-    return;
-  }
-  for (auto _ : state) state.SetIterationTime(1.0 / peak);
-  state.counters["GFLOP_per_s"] = peak / 1e9;
-  add_context(state, kvlm::detail::hardware_threads());
+  report_peak(state, measure_peak_flops(), "GFLOP_per_s", "no AVX2 or AVX-512 on this CPU");
 }
 BENCHMARK(BM_PeakFlops)->UseManualTime()->Iterations(1);
 
-// This machine's peak rate of 8-bit multiply-adds (AVX-512 VNNI vpdpbusd, 12 independent
-// chains), as operations (2 per multiply-add, as FLOPs count them) per second on all threads: the
-// limit of the integer gemm that Q8_0 and Q4_0 prefill with. 0 on a CPU without AVX-512 VNNI.
+// This machine's peak rate of 8-bit multiply-adds (AVX-512 VNNI vpdpbusd), as operations (2 per
+// multiply-add, as FLOPs count them) per second on all threads: the limit of the integer gemm
+// that Q8_0 and Q4_0 prefill with. 0 on a CPU without AVX-512 VNNI.
 __attribute__((target("avx512f,avx512vnni"))) std::int32_t int8_chains(std::int64_t steps,
                                                                         int seed) {
-  constexpr int kChains = 12;
   __m512i acc[kChains];
   for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_epi32(k + seed);
   const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
@@ -350,31 +365,15 @@ __attribute__((target("avx512f,avx512vnni"))) std::int32_t int8_chains(std::int6
 double measure_peak_int8_ops() {
   static const double ops_per_second = [] {
     if (!kvlm::kernels::simd_supported(kvlm::kernels::Simd::kAvx512)) return 0.0;
-    constexpr std::int64_t kSteps = 20'000'000;
-    const int threads = kvlm::detail::hardware_threads();
-    std::vector<std::int32_t> sink(64, 0);
-    const auto start = std::chrono::steady_clock::now();
-    kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
-                                    [&](std::int64_t, std::int64_t, int thread) {
-      sink[thread] = int8_chains(kSteps, thread);
-    });
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    benchmark::DoNotOptimize(sink.data());
-    return 2.0 * 12 * 64 * kSteps * threads / seconds;  // 12 chains of 64 multiply-adds
+    // 64 multiply-adds per instruction
+    return rate_on_every_core(2.0 * kChains * 64 * kChainSteps,
+                              [](int thread) { return int8_chains(kChainSteps, thread); });
   }();
   return ops_per_second;
 }
 
 void BM_PeakInt8(benchmark::State& state) {
-  const double peak = measure_peak_int8_ops();
-  if (peak == 0.0) {
-    state.SkipWithError("no AVX-512 VNNI on this CPU");
-    return;
-  }
-  for (auto _ : state) state.SetIterationTime(1.0 / peak);
-  state.counters["GOPS"] = peak / 1e9;
-  add_context(state, kvlm::detail::hardware_threads());
+  report_peak(state, measure_peak_int8_ops(), "GOPS", "no AVX-512 VNNI on this CPU");
 }
 BENCHMARK(BM_PeakInt8)->UseManualTime()->Iterations(1);
 
