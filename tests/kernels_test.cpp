@@ -1,6 +1,7 @@
 // kernels: the scalar reference against hand-computed values and double precision, and every
 // SIMD path this CPU has against the scalar reference: gemv and gemv_f32 within a named
-// tolerance, to_float and quantize_activation(_k) bit for bit, on random and extreme blocks. The
+// tolerance, to_float and quantize_activation(_k) bit for bit, on random and extreme blocks; the
+// float GEMM and the elementwise math (exp within 1 ulp) bit for bit against their scalar twins. The
 // K types also against an independent decoding of ggml's byte layout and llama.cpp's own files,
 // and their quantizers' round-trip error. Also the fp16 conversions against the hardware's, and
 // the KVLM_SIMD choice.
@@ -818,6 +819,85 @@ TEST(KernelsPanel, EachPathPacksAndMultipliesAsTheScalarTwin) {
                              ldy);
           k->gemm(panel.data(), rows, cols, x.data(), ldx, n_tokens, y.data(), ldy);
           ASSERT_EQ(y, y_ref);  // bit for bit, the padding included
+        }
+      }
+    }
+  }
+}
+
+// --- Elementwise math: exp, softmax's numerators, SwiGLU's gate ---------------------------------
+
+// A float's place on the number line: neighbours differ by 1, -0 and +0 are both 0.
+std::int64_t ordered(float f) {
+  std::int32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i < 0 ? std::int64_t{std::numeric_limits<std::int32_t>::min()} - i : std::int64_t{i};
+}
+
+float from_ordered(std::int64_t o) {
+  const auto i = static_cast<std::int32_t>(o < 0 ? std::int64_t{std::numeric_limits<std::int32_t>::min()} - o : o);
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+// Floats between a and b (0 for equal values, 1 for neighbours).
+std::int64_t ulps_apart(float a, float b) { return std::abs(ordered(a) - ordered(b)); }
+
+TEST(KernelsVector, ExpIsWithinOneUlpOfTheExactValue) {
+  // Every 64th float of [-104, 89], so every binade and both ends: e^x in double rounded once to
+  // float is the exact value as a float (0 and +inf where it underflows or overflows).
+  std::int64_t worst = 0;
+  float worst_x = 0.0f;
+  for (std::int64_t o = ordered(-104.0f); o <= ordered(89.0f); o += 64) {
+    const float x = from_ordered(o);
+    const float exact = static_cast<float>(std::exp(static_cast<double>(x)));
+    const std::int64_t ulps = ulps_apart(scalar::exp(x), exact);
+    if (ulps > worst) worst = ulps, worst_x = x;
+  }
+  EXPECT_LE(worst, 1) << "at x = " << worst_x;
+  EXPECT_EQ(scalar::exp(0.0f), 1.0f);
+  EXPECT_EQ(scalar::exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_EQ(scalar::exp(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(scalar::exp(std::numeric_limits<float>::quiet_NaN()), 0.0f);
+  EXPECT_EQ(scalar::exp(-1000.0f), 0.0f);
+  EXPECT_EQ(scalar::exp(1000.0f), std::numeric_limits<float>::infinity());
+}
+
+TEST(KernelsVector, EachPathMatchesTheScalarTwin) {
+  // Lengths around both vector widths; values across exp's whole range, its ends and beyond.
+  std::vector<float> extremes = {0.0f, -0.0f, 1.0f, -104.0f, -103.5f, -87.5f, 88.7f, 88.75f, 89.0f,
+                                 1e30f, -1e30f, std::numeric_limits<float>::infinity(),
+                                 -std::numeric_limits<float>::infinity()};
+  for (Simd simd : supported_paths()) {
+    const VectorKernels* k = vector_kernels(simd);
+    if (k == nullptr) continue;  // the scalar path runs them on Eigen
+    for (std::int64_t n : {0, 1, 7, 8, 9, 15, 16, 17, 33, 100}) {
+      SCOPED_TRACE(std::string(to_string(simd)) + " n " + std::to_string(n));
+      const auto seed = static_cast<std::uint32_t>(n + 700);
+      std::vector<float> x = random_floats(static_cast<std::size_t>(n) + 1, seed, 30.0f);
+      const std::vector<float> up = random_floats(x.size(), seed + 1);
+      for (std::size_t i = 0; i < extremes.size() && i < static_cast<std::size_t>(n); ++i) {
+        x[(i * 7) % static_cast<std::size_t>(n)] = extremes[i];
+      }
+      for (float shift : {0.0f, 5.0f, -3.0f}) {
+        std::vector<float> expected = x, got = x;  // the element past n must stay untouched
+        scalar::exp_shifted(expected.data(), n, shift);
+        k->exp_shifted(got.data(), n, shift);
+        ASSERT_EQ(ulps_apart(got.back(), x.back()), 0);
+        for (std::int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(ulps_apart(got[i], expected[i]), 0) << "x " << x[i] << " shift " << shift;
+        }
+      }
+      std::vector<float> expected = x, got = x;
+      scalar::silu_mul(expected.data(), up.data(), n);
+      k->silu_mul(got.data(), up.data(), n);
+      ASSERT_EQ(ulps_apart(got.back(), x.back()), 0);
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (std::isnan(expected[i])) {  // silu(+-inf) is inf / inf or -inf / 1 * up
+          ASSERT_TRUE(std::isnan(got[i])) << "gate " << x[i];
+        } else {
+          ASSERT_EQ(ulps_apart(got[i], expected[i]), 0) << "gate " << x[i] << " up " << up[i];
         }
       }
     }

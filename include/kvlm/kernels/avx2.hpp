@@ -17,6 +17,7 @@
 
 #include "kvlm/dtype.hpp"
 #include "kvlm/kernels/panel.hpp"
+#include "kvlm/kernels/scalar.hpp"
 
 #define KVLM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -791,6 +792,56 @@ KVLM_TARGET_AVX2 inline void gemm_panel(const float* panel, std::int64_t n_rows,
       gemm_panel_tokens<kPanelTokens>(tokens, panel, half, n_rows - 16 * half, cols,
                                       x + t * ldx, ldx, y + t * ldy, ldy);
     }
+  }
+}
+
+// --- Elementwise math (scalar::exp and what uses it), 8 lanes at a time ---------------------------
+
+// 2^k on each lane, for k in [-126, 127] (scalar::pow2). A function, not a lambda: a lambda
+// does not inherit its enclosing function's target attribute.
+KVLM_TARGET_AVX2 inline __m256 pow2(__m256i k) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
+}
+
+/// scalar::exp on each lane, bit for bit.
+KVLM_TARGET_AVX2 inline __m256 exp(__m256 x) {
+  using C = scalar::ExpConstants;
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(C::kExpMin)), _mm256_set1_ps(C::kExpMax));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(C::kLog2e)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C::kLn2Hi), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(-C::kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(C::kP[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(C::kP[i]));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i k = _mm256_cvtps_epi32(n);
+  const __m256i half = _mm256_srai_epi32(k, 1);
+  return _mm256_mul_ps(_mm256_mul_ps(p, pow2(half)), pow2(_mm256_sub_epi32(k, half)));
+}
+
+// The first n lanes of 8 (all for n >= 8), as a maskload/maskstore mask.
+KVLM_TARGET_AVX2 inline __m256i first_lanes(std::int64_t n) {
+  const int lanes = static_cast<int>(std::min<std::int64_t>(n, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/// scalar::exp_shifted, bit for bit.
+KVLM_TARGET_AVX2 inline void exp_shifted(float* x, std::int64_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  for (std::int64_t i = 0; i < n; i += 8) {
+    const __m256i m = first_lanes(n - i);
+    _mm256_maskstore_ps(x + i, m, exp(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), s)));
+  }
+}
+
+/// scalar::silu_mul, bit for bit.
+KVLM_TARGET_AVX2 inline void silu_mul(float* gate, const float* up, std::int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  for (std::int64_t i = 0; i < n; i += 8) {
+    const __m256i m = first_lanes(n - i);
+    const __m256 g = _mm256_maskload_ps(gate + i, m);
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_maskstore_ps(gate + i, m, _mm256_mul_ps(silu, _mm256_maskload_ps(up + i, m)));
   }
 }
 

@@ -25,6 +25,7 @@
 #include "kvlm/dtype.hpp"
 #include "kvlm/kernels/interleaved.hpp"
 #include "kvlm/kernels/panel.hpp"
+#include "kvlm/kernels/scalar.hpp"
 
 // GCC 12.1 and 12.2 report a use of an uninitialised value inside their own AVX-512 intrinsics
 // (GCC bug 105593, fixed in 12.3 and 13) wherever one is inlined.
@@ -1221,6 +1222,50 @@ KVLM_TARGET_AVX512 inline void gemm_panel(const float* panel, std::int64_t n_row
     const int tokens = static_cast<int>(std::min<std::int64_t>(kPanelTokens, n_tokens - t));
     gemm_panel_tokens<kPanelTokens>(tokens, panel, cols, x + t * ldx, ldx, lanes, y + t * ldy,
                                     ldy);
+  }
+}
+
+// --- Elementwise math (scalar::exp and what uses it), 16 lanes at a time --------------------------
+
+// 2^k on each lane, for k in [-126, 127] (scalar::pow2). A function, not a lambda: a lambda
+// does not inherit its enclosing function's target attribute.
+KVLM_TARGET_AVX512 inline __m512 pow2(__m512i k) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
+}
+
+/// scalar::exp on each lane, bit for bit.
+KVLM_TARGET_AVX512 inline __m512 exp(__m512 x) {
+  using C = scalar::ExpConstants;
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(C::kExpMin)), _mm512_set1_ps(C::kExpMax));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(C::kLog2e)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C::kLn2Hi), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(-C::kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(C::kP[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(C::kP[i]));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  const __m512i k = _mm512_cvtps_epi32(n);
+  const __m512i half = _mm512_srai_epi32(k, 1);
+  return _mm512_mul_ps(_mm512_mul_ps(p, pow2(half)), pow2(_mm512_sub_epi32(k, half)));
+}
+
+/// scalar::exp_shifted, bit for bit.
+KVLM_TARGET_AVX512 inline void exp_shifted(float* x, std::int64_t n, float shift) {
+  const __m512 s = _mm512_set1_ps(shift);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(std::min<std::int64_t>(16, n - i));
+    _mm512_mask_storeu_ps(x + i, m, exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s)));
+  }
+}
+
+/// scalar::silu_mul, bit for bit.
+KVLM_TARGET_AVX512 inline void silu_mul(float* gate, const float* up, std::int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(std::min<std::int64_t>(16, n - i));
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }
 

@@ -250,6 +250,18 @@ inline void check_supported(Simd simd) {
   }
 }
 
+// A set of kernels the SIMD paths have and the scalar path leaves to Eigen: path simd's, or null.
+template <typename Kernels>
+const Kernels* vector_only(Simd simd, const Kernels& avx2, const Kernels& avx512) {
+  check_supported(simd);
+  switch (simd) {
+    case Simd::kScalar: return nullptr;
+    case Simd::kAvx2: return &avx2;
+    case Simd::kAvx512: return &avx512;
+  }
+  return nullptr;
+}
+
 }  // namespace detail
 
 /// The kernels of type t on path simd (tests use every path).
@@ -289,13 +301,22 @@ struct PanelKernels {
 inline const PanelKernels* panel_kernels(Simd simd = active_simd()) {
   static constexpr PanelKernels kAvx2{pack_panel, avx2::gemm_panel};
   static constexpr PanelKernels kAvx512{avx512::pack_panel, avx512::gemm_panel};
-  detail::check_supported(simd);
-  switch (simd) {
-    case Simd::kScalar: return nullptr;
-    case Simd::kAvx2: return &kAvx2;
-    case Simd::kAvx512: return &kAvx512;
-  }
-  return nullptr;
+  return detail::vector_only(simd, kAvx2, kAvx512);
+}
+
+/// A path's elementwise math: exp_shifted and silu_mul, bit for bit scalar::exp_shifted and
+/// scalar::silu_mul (whose exp is within 1 ulp of e^x). Null on the scalar path, whose ops run
+/// on Eigen compiled for the host, as for panel_kernels.
+struct VectorKernels {
+  void (*exp_shifted)(float* x, std::int64_t n, float shift);
+  void (*silu_mul)(float* gate, const float* up, std::int64_t n);
+};
+
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd.
+inline const VectorKernels* vector_kernels(Simd simd = active_simd()) {
+  static constexpr VectorKernels kAvx2{avx2::exp_shifted, avx2::silu_mul};
+  static constexpr VectorKernels kAvx512{avx512::exp_shifted, avx512::silu_mul};
+  return detail::vector_only(simd, kAvx2, kAvx512);
 }
 
 /// Quantizes an activation for the integer gemv (scalar::quantize_activation, bit for bit on

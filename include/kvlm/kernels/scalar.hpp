@@ -626,4 +626,57 @@ inline void gemm_panel(const float* panel, std::int64_t n_rows, std::int64_t col
   }
 }
 
+// --- Elementwise math: exp, and what softmax and SwiGLU make of it -----------------------------
+
+/// The constants of exp: x = n ln2 + r, with n = round(x / ln2) and ln2 split in two so that
+/// n * kLn2Hi is exact; e^r for |r| <= ln2 / 2 is 1 + r + r^2 P(r), P of degree 5 (Cephes's
+/// expf coefficients). x is first clamped to [kExpMin, kExpMax]: e^x is 0 in float below
+/// kExpMin and infinite above kExpMax, and n stays in [-150, 128].
+struct ExpConstants {
+  static constexpr float kLog2e = 1.44269504088896341f;
+  static constexpr float kLn2Hi = 0.693359375f;
+  static constexpr float kLn2Lo = -2.12194440e-4f;
+  static constexpr float kP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                  4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  static constexpr float kExpMin = -104.0f;
+  static constexpr float kExpMax = 89.0f;
+};
+
+// 2^k as a float, for k in [-126, 127].
+inline float pow2(int k) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(k + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/// e^x in float: at most 1 ulp from e^x rounded to float for every float x (kernels_test checks
+/// every 64th; all of [-104, 89] were checked once), so 0 or +inf where e^x underflows or
+/// overflows; 0 for NaN. One fused multiply-add
+/// per step and 2^n applied as two exact powers of two (2^(n >> 1), then the rest, so that a
+/// subnormal result is rounded once), as every lane of the SIMD kernels does: they match it bit
+/// for bit.
+inline float exp(float x) {
+  using C = ExpConstants;
+  x = std::fmin(std::fmax(x, C::kExpMin), C::kExpMax);  // fmax(NaN, lo) is lo
+  const float n = std::nearbyint(x * C::kLog2e);
+  float r = std::fma(n, -C::kLn2Hi, x);
+  r = std::fma(n, -C::kLn2Lo, r);
+  float p = C::kP[0];
+  for (int i = 1; i < 6; ++i) p = std::fma(p, r, C::kP[i]);
+  p = std::fma(p, r * r, r) + 1.0f;
+  const int k = static_cast<int>(n);
+  return p * pow2(k >> 1) * pow2(k - (k >> 1));
+}
+
+/// x[i] = e^(x[i] - shift) for i in [0, n): softmax's numerators, shift being the row's max.
+inline void exp_shifted(float* x, std::int64_t n, float shift) {
+  for (std::int64_t i = 0; i < n; ++i) x[i] = exp(x[i] - shift);
+}
+
+/// gate[i] = silu(gate[i]) * up[i] for i in [0, n), silu(g) = g / (1 + e^-g): SwiGLU's gate.
+inline void silu_mul(float* gate, const float* up, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + exp(-gate[i])) * up[i];
+}
+
 }  // namespace kvlm::kernels::scalar
