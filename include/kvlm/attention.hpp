@@ -245,7 +245,7 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
           float& max = stats[2 * r];
           const float new_max = std::max(max, p.maxCoeff());
           const float rescale = std::exp(max - new_max);  // 0 for the first tile
-          p = (p - new_max).exp();
+          exp_shifted(p.data(), visible, new_max);
           stats[2 * r + 1] = stats[2 * r + 1] * rescale + p.sum();
           max = new_max;
           if (rescale != 1.0f) out_of(b0 + r / block_rows).row(r % block_rows) *= rescale;

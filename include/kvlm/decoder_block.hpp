@@ -9,6 +9,7 @@
 
 #include "kvlm/attention.hpp"
 #include "kvlm/config.hpp"
+#include "kvlm/detail/parallel.hpp"
 #include "kvlm/matmul.hpp"
 #include "kvlm/kv_cache.hpp"
 #include "kvlm/ops.hpp"
@@ -104,7 +105,11 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int 
   auto up = scratch.up.view().rows_slice(0, n);
   rms_norm(x, w.ffn_norm, config.norm_eps, xb);
   matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, scratch.matmul, n_threads);
-  silu_mul(gate, up);
+  // One exp per element: worth a second thread in prefill, not for one token's row.
+  detail::parallel_for_rows(n, n * config.hidden_dim, n_threads, 1,
+                            [&](std::int64_t begin, std::int64_t end, int) {
+    silu_mul(gate.rows_slice(begin, end - begin), up.rows_slice(begin, end - begin));
+  });
   matmul(gate, w.w_down, xb, scratch.matmul, n_threads);
   add_in_place(x, xb);
 }

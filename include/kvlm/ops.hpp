@@ -10,6 +10,7 @@
 
 #include "kvlm/config.hpp"
 #include "kvlm/detail/assert.hpp"
+#include "kvlm/kernels/kernels.hpp"
 #include "kvlm/tensor.hpp"
 
 namespace kvlm {
@@ -92,10 +93,18 @@ inline void rope_back(TensorView<float> x, int head_dim, int positions, const Ro
   detail::rotate_pairs(x, head_dim, table, -1.0f, [positions](std::int64_t) { return positions; });
 }
 
+/// x[i] = e^(x[i] - shift) over x[0, n): softmax's numerators, shift being the largest x[i].
+/// On the path's vector kernels where it has them, else on Eigen.
+inline void exp_shifted(float* x, std::int64_t n, float shift) {
+  if (const kernels::VectorKernels* k = kernels::vector_kernels()) return k->exp_shifted(x, n, shift);
+  Eigen::Map<Eigen::ArrayXf> a(x, n);
+  a = (a - shift).exp();
+}
+
 /// Numerically stable softmax of x[0, n) in place.
 inline void softmax(float* x, std::int64_t n) {
   Eigen::Map<Eigen::ArrayXf> a(x, n);
-  a = (a - a.maxCoeff()).exp();
+  exp_shifted(x, n, a.maxCoeff());
   a /= a.sum();
 }
 
@@ -109,8 +118,13 @@ inline double log_sum_exp(const float* x, std::int64_t n) {
 }
 
 /// SwiGLU's gate (Shazeer 2020): gate = silu(gate) * up, silu(g) = g / (1 + e^-g).
-/// gate, up: [n_tokens, hidden_dim].
+/// gate, up: [n_tokens, hidden_dim]. On the path's vector kernels where it has them, else on
+/// Eigen.
 inline void silu_mul(TensorView<float> gate, TensorView<const float> up) {
+  KVLM_ASSERT(gate.size() == up.size());
+  if (const kernels::VectorKernels* k = kernels::vector_kernels()) {
+    return k->silu_mul(gate.data(), up.data(), gate.size());
+  }
   auto g = gate.vector().array();
   g = g / (1.0f + (-g).exp()) * up.vector().array();
 }
