@@ -216,6 +216,50 @@ TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
   }
 }
 
+// A scratch sized for its weights (MatmulScratch::Uses::add) serves every batch up to its
+// max_batch, on every route, and computes what a scratch with every buffer computes; it holds
+// fewer bytes where the routes leave buffers out (sanitized builds check its bounds).
+TEST(OpsMatmul, ScratchSizedForItsWeightsServesEveryBatch) {
+  const std::int64_t out = 40, max_batch = 100;
+  for (DType type : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+    for (bool interleave : {false, true}) {
+      if (interleave && kernels::kernels(type).gemm_interleaved == nullptr) continue;
+      // Two matrices of different widths, as a layer's w_up and w_down are.
+      std::vector<std::vector<std::byte>> stored, copies;
+      std::vector<WeightView> weights;
+      MatmulScratch::Uses uses;
+      for (std::int64_t in : {256, 512}) {
+        const Tensor<float> w = random_tensor(out, in, static_cast<std::uint32_t>(in));
+        stored.emplace_back(static_cast<std::size_t>(out) * row_bytes(type, in));
+        for (std::int64_t r = 0; r < out; ++r) {
+          kernels::scalar::from_float(type, w.view().row(r), stored.back().data() + r * row_bytes(type, in), in);
+        }
+        WeightView wv{type, out, in, stored.back().data()};
+        if (interleave) {
+          copies.emplace_back(kernels::interleaved_bytes(type, out, in));
+          kernels::interleave(type, wv.data, out, in, copies.back().data());
+          wv.interleaved = copies.back().data();
+        }
+        weights.push_back(wv);
+        uses.add(wv, max_batch);
+      }
+      MatmulScratch sized(max_batch, uses, 2), every(max_batch, 512, 2);
+      EXPECT_LE(sized.byte_size(), every.byte_size());
+      for (std::int64_t n_tokens : {1, 2, 5, 64, 65, 100}) {
+        for (const WeightView& wv : weights) {
+          SCOPED_TRACE(std::string(to_string(type)) + (interleave ? " interleaved" : "") + ", in " +
+                       std::to_string(wv.cols) + ", " + std::to_string(n_tokens) + " tokens");
+          const Tensor<float> x = random_tensor(n_tokens, wv.cols, 7);
+          Tensor<float> y({n_tokens, out}), expected({n_tokens, out});
+          matmul(x.view(), wv, y.view(), sized, 2);
+          matmul(x.view(), wv, expected.view(), every, 2);
+          ASSERT_TRUE(std::equal(y.data(), y.data() + y.size(), expected.data()));
+        }
+      }
+    }
+  }
+}
+
 // A weight's interleaved copy gives what its stored rows give (the same integer sums, added in
 // another order) for decode, sessions decoding together and prefill, and each token the same as
 // alone. Three threads split the rows of the second product mid-group of 16; 150 rows end one.

@@ -48,7 +48,7 @@ class Batcher {
         options_(options),
         n_threads_(options.n_threads > 0 ? options.n_threads : detail::hardware_threads()),
         // Tiles for converting narrow caches: sessions of any cache type may share the batcher.
-        scratch_(model_->config(), options.max_rows, n_threads_, DType::kF16, options.max_rows),
+        scratch_(*model_, options.max_rows, n_threads_, DType::kF16, options.max_rows),
         worker_([this] { work(); }) {}
 
   Batcher(const Batcher&) = delete;

@@ -46,16 +46,41 @@ inline SequenceChunk split_front(SequenceChunk& rest, int n, int vocab_size) {
   return front;
 }
 
+/// What the model's products in batches of up to max_rows rows need of a matmul scratch.
+inline MatmulScratch::Uses matmul_uses(const Model& model, int max_rows) {
+  MatmulScratch::Uses uses;
+  for (int l = 0; l < model.config().n_layers; ++l) {
+    const BlockWeights& b = model.block(l);
+    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      uses.add(*w, max_rows);
+    }
+  }
+  uses.add(model.classifier(), max_rows);
+  return uses;
+}
+
 /// Buffers of forward() for batches of up to max_rows rows, allocated once.
 struct ForwardScratch {
   /// logit_rows: rows of gathered logits for passes over several sequences (0 when every pass
   /// has one sequence, whose logits the classifier writes in place).
-  ForwardScratch(const ModelConfig& config, int max_rows, int n_threads, DType cache_type,
-                 int logit_rows)
-      : x({max_rows, config.dim}),
-        block(config, max_rows, n_threads, cache_type),
-        logits(logit_rows > 0 ? Tensor<float>({logit_rows, config.vocab_size}) : Tensor<float>()) {
+  ForwardScratch(const Model& model, int max_rows, int n_threads, DType cache_type, int logit_rows)
+      : x({max_rows, model.config().dim}),
+        block(model.config(), max_rows, n_threads, cache_type, matmul_uses(model, max_rows)),
+        logits(logit_rows > 0 ? Tensor<float>({logit_rows, model.config().vocab_size})
+                              : Tensor<float>()) {
     sequences.reserve(static_cast<std::size_t>(max_rows));
+  }
+
+  /// byte_size() of a scratch constructed with these arguments, without constructing it.
+  static std::size_t bytes_needed(const Model& model, int max_rows, int n_threads,
+                                  DType cache_type, int logit_rows) {
+    const ModelConfig& c = model.config();
+    const auto rows = static_cast<std::size_t>(max_rows);
+    return rows * static_cast<std::size_t>(c.dim) * sizeof(float) +
+           BlockScratch::bytes_needed(c, max_rows, n_threads, cache_type,
+                                      matmul_uses(model, max_rows)) +
+           static_cast<std::size_t>(logit_rows) * static_cast<std::size_t>(c.vocab_size) * sizeof(float) +
+           rows * sizeof(SequenceRows);
   }
 
   std::size_t byte_size() const {

@@ -57,55 +57,82 @@ class MatmulScratch {
   // Rows the tokens pass over at a time: 64 rows of 5632 Q8_0 weights are 380 KB, within L2.
   static constexpr std::int64_t kGemvTileRows = 64;
 
-  /// max_batch: most rows of x; max_in: widest input (columns of x); n_threads: most threads.
+  /// The widest input (columns of x) each buffer serves, 0 for a buffer not allocated: what the
+  /// products a session will run need (add), or every buffer (all).
+  struct Uses {
+    std::int64_t quantized = 0;    // Q8_0 activations: Q8_0/Q4_0 gemv, and gemm's source
+    std::int64_t quantized_k = 0;  // Q8_K activations: the K types' gemv
+    std::int64_t prepared = 0;     // gemm's activations
+    std::int64_t interleaved = 0;  // gemm_interleaved's activations
+    std::int64_t rows = 0;         // a thread's dequantized weight rows
+    std::int64_t panel = 0;        // a thread's packed panel (on a path with a float GEMM)
+
+    static Uses all(std::int64_t max_in) { return {max_in, max_in, max_in, max_in, max_in, max_in}; }
+    /// Widens the buffers that products by w of up to max_batch tokens read, on this process's
+    /// path and whichever product shares a call with w.
+    void add(const WeightView& w, std::int64_t max_batch);
+    std::int64_t widest() const {
+      return std::max({quantized, quantized_k, prepared, interleaved, rows, panel});
+    }
+  };
+
+  /// max_batch: most rows of x; n_threads: most threads.
+  MatmulScratch(std::int64_t max_batch, const Uses& uses, int n_threads)
+      : uses_(uses),
+        quantized_({max_batch, blocks(uses.quantized, BlockQ8_0::kSize)}),
+        quantized_k_({max_batch, blocks(uses.quantized_k, BlockQ8_K::kSize)}),
+        prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(uses.prepared))}),
+        interleaved_({max_batch, blocks(uses.interleaved, BlockQ8_0::kSize)}),
+        rows_({std::max(n_threads, 1), kernels::kPanelRows, uses.rows}),
+        panels_({std::max(n_threads, 1), kernels::panel_floats(uses.panel)}) {}
+  /// Every buffer, for any weights with up to max_in columns.
   MatmulScratch(std::int64_t max_batch, std::int64_t max_in, int n_threads)
-      : max_in_(max_in),
-        quantized_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
-        quantized_k_({max_batch, (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize}),
-        prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(max_in))}),
-        interleaved_({max_batch, (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize}),
-        rows_({std::max(n_threads, 1), kernels::kPanelRows, max_in}),
-        panels_({std::max(n_threads, 1), kernels::panel_floats(max_in)}) {}
+      : MatmulScratch(max_batch, Uses::all(max_in), n_threads) {}
 
   /// byte_size() of a scratch constructed with these arguments, without constructing it.
-  static std::size_t bytes_needed(std::int64_t max_batch, std::int64_t max_in, int n_threads) {
+  static std::size_t bytes_needed(std::int64_t max_batch, const Uses& uses, int n_threads) {
     const auto n = [](std::int64_t count) { return static_cast<std::size_t>(count); };
-    const std::int64_t blocks = (max_in + BlockQ8_0::kSize - 1) / BlockQ8_0::kSize;
-    const std::int64_t blocks_k = (max_in + BlockQ8_K::kSize - 1) / BlockQ8_K::kSize;
     const std::int64_t threads = std::max(n_threads, 1);
-    return n(max_batch * blocks) * (sizeof(BlockQ8_0) + sizeof(kernels::ActivationBlock)) +
-           n(max_batch * blocks_k) * sizeof(BlockQ8_K) +
-           n(max_batch) * kernels::prepared_bytes(max_in) +
-           n(threads * (kernels::kPanelRows * max_in + kernels::panel_floats(max_in))) *
+    return n(max_batch * blocks(uses.quantized, BlockQ8_0::kSize)) * sizeof(BlockQ8_0) +
+           n(max_batch * blocks(uses.quantized_k, BlockQ8_K::kSize)) * sizeof(BlockQ8_K) +
+           n(max_batch) * kernels::prepared_bytes(uses.prepared) +
+           n(max_batch * blocks(uses.interleaved, BlockQ8_0::kSize)) *
+               sizeof(kernels::ActivationBlock) +
+           n(threads * (kernels::kPanelRows * uses.rows + kernels::panel_floats(uses.panel))) *
                sizeof(float);
   }
 
-  std::int64_t max_in() const { return max_in_; }
+  const Uses& uses() const { return uses_; }
   std::size_t byte_size() const {
     return quantized_.byte_size() + quantized_k_.byte_size() + prepared_.byte_size() +
            interleaved_.byte_size() + rows_.byte_size() + panels_.byte_size();
   }
-  // Row t of x as Q8_0 blocks: [max_in / 32] blocks.
+  // Row t of x as Q8_0 blocks: [uses().quantized / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
-  // The rows of x prepared for a gemm kernel: [max_batch, prepared_bytes(max_in)] bytes.
+  // The rows of x prepared for a gemm kernel: [max_batch, prepared_bytes(uses().prepared)] bytes.
   std::byte* prepared() { return prepared_.data(); }
-  // The rows of x prepared for gemm_interleaved: [max_batch, max_in / 32] blocks, consecutive.
+  // The rows of x prepared for gemm_interleaved: [max_batch, uses().interleaved / 32] blocks,
+  // consecutive.
   kernels::ActivationBlock* interleaved() { return interleaved_.data(); }
-  // Row t of x as Q8_K blocks (the K types' activation): [max_in / 256] blocks.
+  // Row t of x as Q8_K blocks (the K types' activation): [uses().quantized_k / 256] blocks.
   BlockQ8_K* quantized_k(std::int64_t t) { return quantized_k_.view().row(t); }
-  // A thread's buffer of weight rows as floats: [kPanelRows, max_in].
+  // A thread's buffer of weight rows as floats: [kPanelRows, uses().rows].
   float* rows(int thread) { return rows_.view().row(thread * kernels::kPanelRows); }
-  // A thread's panel: [panel_floats(max_in)].
+  // A thread's panel: [panel_floats(uses().panel)].
   float* panel(int thread) { return panels_.view().row(thread); }
 
  private:
-  std::int64_t max_in_;
-  Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(max_in / 32)]
-  Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(max_in / 256)]
-  Tensor<std::byte> prepared_;   // [max_batch, prepared_bytes(max_in)]
-  Tensor<kernels::ActivationBlock> interleaved_;  // [max_batch, ceil(max_in / 32)]
-  Tensor<float> rows_;           // [n_threads, kPanelRows, max_in]
-  Tensor<float> panels_;         // [n_threads, panel_floats(max_in)]
+  static std::int64_t blocks(std::int64_t in, std::int64_t block_size) {
+    return (in + block_size - 1) / block_size;
+  }
+
+  Uses uses_;
+  Tensor<BlockQ8_0> quantized_;  // [max_batch, ceil(uses.quantized / 32)]
+  Tensor<BlockQ8_K> quantized_k_;  // [max_batch, ceil(uses.quantized_k / 256)]
+  Tensor<std::byte> prepared_;   // [max_batch, prepared_bytes(uses.prepared)]
+  Tensor<kernels::ActivationBlock> interleaved_;  // [max_batch, ceil(uses.interleaved / 32)]
+  Tensor<float> rows_;           // [n_threads, kPanelRows, uses.rows]
+  Tensor<float> panels_;         // [n_threads, panel_floats(uses.panel)]
 };
 
 /// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
@@ -116,14 +143,46 @@ struct Product {
 
 namespace detail {
 
-using Prepare = void (*)(const BlockQ8_0* x, std::int64_t cols, void* out);
-
 // Whether a product of n_tokens tokens runs type kernels k's gemm: for several tokens where the
 // type decodes with 8-bit activations (so a token's output is the same in a batch as alone), and
 // for every prefill beyond kMaxGemvTokens tokens.
 inline bool uses_gemm(const kernels::TypeKernels& k, std::int64_t n_tokens) {
   return k.gemm != nullptr && n_tokens > 1 &&
          (k.decode_activation == DType::kQ8_0 || n_tokens > MatmulScratch::kMaxGemvTokens);
+}
+
+// What a product runs (the list at the top of this file).
+enum class Route {
+  kGemv,             // the type's gemv for each token, on its decode_activation
+  kGemm,             // the type's gemm on the prepared activations
+  kInterleaved,      // gemm_interleaved on the interleaved copy
+  kFloatGemm,        // F32 rows on the float GEMM
+  kDequantizedGemm,  // rows dequantized kPanelRows at a time, then the float GEMM
+};
+
+// The route of a product whose type's gemm cannot run (its activation is prepared differently
+// from the gemm that took the call's preparation).
+inline Route without_gemm(std::int64_t n_tokens) {
+  return n_tokens <= MatmulScratch::kMaxGemvTokens ? Route::kGemv : Route::kDequantizedGemm;
+}
+
+// The route of a product of n_tokens tokens by w, if its gemm may run.
+inline Route route(const WeightView& w, std::int64_t n_tokens) {
+  if (w.dtype == DType::kF32) {
+    return n_tokens > MatmulScratch::kMaxF32GemvTokens ? Route::kFloatGemm : Route::kGemv;
+  }
+  if (w.interleaved != nullptr) return Route::kInterleaved;
+  if (uses_gemm(kernels::kernels(w.dtype), n_tokens)) return Route::kGemm;
+  return without_gemm(n_tokens);
+}
+
+using Prepare = void (*)(const BlockQ8_0* x, std::int64_t cols, void* out);
+
+// The route of product p in a call whose gemm activations are prepared by `prepared`.
+inline Route route(const WeightView& w, std::int64_t n_tokens, Prepare prepared) {
+  const Route r = route(w, n_tokens);
+  return r == Route::kGemm && kernels::kernels(w.dtype).prepare != prepared ? without_gemm(n_tokens)
+                                                                              : r;
 }
 
 // y[t * ldy + i] = row i · token t for the `rows` (at most kPanelRows) float rows w: [rows, in],
@@ -142,85 +201,125 @@ inline void float_rows_product(TensorView<const float> x, const float* w, std::i
   y_rows.noalias() = x.matrix() * w_rows.transpose();
 }
 
-// Rows [lo, hi) of one product. The scratch holds x quantized, and prepared by `prepared`
-// (null if by none).
-inline void matmul_rows(TensorView<const float> x, const Product& p, std::int64_t lo,
-                        std::int64_t hi, MatmulScratch& scratch, int thread, Prepare prepared) {
+// Rows [lo, hi) of one product, on route r. The scratch holds x as r needs it.
+inline void matmul_rows(TensorView<const float> x, const Product& p, Route r, std::int64_t lo,
+                        std::int64_t hi, MatmulScratch& scratch, int thread) {
   const std::int64_t n_tokens = x.rows(), in = x.cols(), n = hi - lo;
-  if (p.w.dtype == DType::kF32 && n_tokens > MatmulScratch::kMaxF32GemvTokens) {
-    for (std::int64_t r = lo; r < hi; r += kernels::kPanelRows) {
-      const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - r);
-      float_rows_product(x, p.w.f32().row(r), rows, p.y.data() + r, p.y.cols(), scratch, thread);
-    }
-    return;
-  }
   const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
-  if (p.w.interleaved != nullptr) {
-    k.gemm_interleaved(p.w.interleaved, lo, hi, in, scratch.interleaved(), n_tokens, p.y.data(),
-                       p.y.cols());
-    return;
-  }
-  if (uses_gemm(k, n_tokens) && k.prepare == prepared) {
-    // The tokens pass over tiles of rows that stay in cache.
-    for (std::int64_t r = lo; r < hi; r += MatmulScratch::kGemvTileRows) {
-      const std::int64_t rows = std::min(MatmulScratch::kGemvTileRows, hi - r);
-      k.gemm(p.w.row(r), rows, in, scratch.prepared(), n_tokens, p.y.data() + r, p.y.cols());
-    }
-    return;
-  }
-  if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
-    // One token reads its rows in one pass, which the kernels prefetch as a stream.
-    const std::int64_t tile = n_tokens == 1 ? n : MatmulScratch::kGemvTileRows;
-    for (std::int64_t r = lo; r < hi; r += tile) {
-      const std::int64_t rows = std::min(tile, hi - r);
-      for (std::int64_t t = 0; t < n_tokens; ++t) {
-        if (k.decode_activation == DType::kQ8_0) {
-          k.gemv(p.w.row(r), rows, in, scratch.quantized(t), p.y.row(t) + r);
-        } else if (k.decode_activation == DType::kQ8_K) {
-          k.gemv(p.w.row(r), rows, in, scratch.quantized_k(t), p.y.row(t) + r);
-        } else {
-          k.gemv_f32(p.w.row(r), rows, in, x.row(t), p.y.row(t) + r);
+  switch (r) {
+    case Route::kFloatGemm:
+      for (std::int64_t i = lo; i < hi; i += kernels::kPanelRows) {
+        const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - i);
+        float_rows_product(x, p.w.f32().row(i), rows, p.y.data() + i, p.y.cols(), scratch, thread);
+      }
+      return;
+    case Route::kInterleaved:
+      k.gemm_interleaved(p.w.interleaved, lo, hi, in, scratch.interleaved(), n_tokens, p.y.data(),
+                         p.y.cols());
+      return;
+    case Route::kGemm:
+      // The tokens pass over tiles of rows that stay in cache.
+      for (std::int64_t i = lo; i < hi; i += MatmulScratch::kGemvTileRows) {
+        const std::int64_t rows = std::min(MatmulScratch::kGemvTileRows, hi - i);
+        k.gemm(p.w.row(i), rows, in, scratch.prepared(), n_tokens, p.y.data() + i, p.y.cols());
+      }
+      return;
+    case Route::kGemv: {
+      // One token reads its rows in one pass, which the kernels prefetch as a stream.
+      const std::int64_t tile = n_tokens == 1 ? n : MatmulScratch::kGemvTileRows;
+      for (std::int64_t i = lo; i < hi; i += tile) {
+        const std::int64_t rows = std::min(tile, hi - i);
+        for (std::int64_t t = 0; t < n_tokens; ++t) {
+          if (k.decode_activation == DType::kQ8_0) {
+            k.gemv(p.w.row(i), rows, in, scratch.quantized(t), p.y.row(t) + i);
+          } else if (k.decode_activation == DType::kQ8_K) {
+            k.gemv(p.w.row(i), rows, in, scratch.quantized_k(t), p.y.row(t) + i);
+          } else {
+            k.gemv_f32(p.w.row(i), rows, in, x.row(t), p.y.row(t) + i);
+          }
         }
       }
+      return;
     }
-    return;
-  }
-  float* w_rows = scratch.rows(thread);
-  for (std::int64_t r = lo; r < hi; r += kernels::kPanelRows) {
-    const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - r);
-    for (std::int64_t i = 0; i < rows; ++i) k.to_float(p.w.row(r + i), w_rows + i * in, in);
-    float_rows_product(x, w_rows, rows, p.y.data() + r, p.y.cols(), scratch, thread);
+    case Route::kDequantizedGemm: {
+      float* w_rows = scratch.rows(thread);
+      for (std::int64_t i = lo; i < hi; i += kernels::kPanelRows) {
+        const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - i);
+        for (std::int64_t j = 0; j < rows; ++j) k.to_float(p.w.row(i + j), w_rows + j * in, in);
+        float_rows_product(x, w_rows, rows, p.y.data() + i, p.y.cols(), scratch, thread);
+      }
+      return;
+    }
   }
 }
 
 }  // namespace detail
 
+inline void MatmulScratch::Uses::add(const WeightView& w, std::int64_t max_batch) {
+  const auto widen = [&w](std::int64_t& in) { in = std::max(in, w.cols); };
+  const kernels::TypeKernels& k = kernels::kernels(w.dtype);
+  const bool float_gemm = kernels::panel_kernels() != nullptr;
+  // Token counts on each side of the routes' thresholds.
+  for (std::int64_t n_tokens : {std::int64_t{1}, std::int64_t{2}, kMaxF32GemvTokens + 1,
+                                kMaxGemvTokens + 1}) {
+    if (n_tokens > max_batch) break;
+    const detail::Route r = detail::route(w, n_tokens);
+    // A gemm product may meet another's preparation and take the route without it instead.
+    for (detail::Route taken : {r, r == detail::Route::kGemm ? detail::without_gemm(n_tokens) : r}) {
+      switch (taken) {
+        case detail::Route::kGemv:
+          if (k.decode_activation == DType::kQ8_0) widen(quantized);
+          if (k.decode_activation == DType::kQ8_K) widen(quantized_k);
+          break;
+        case detail::Route::kGemm:
+          widen(quantized);
+          widen(prepared);
+          break;
+        case detail::Route::kInterleaved:
+          widen(quantized);
+          widen(interleaved);
+          break;
+        case detail::Route::kFloatGemm:
+          if (float_gemm) widen(panel);
+          break;
+        case detail::Route::kDequantizedGemm:
+          widen(rows);
+          if (float_gemm) widen(panel);
+          break;
+      }
+    }
+  }
+}
+
 /// y = x W^T for each product, all with the same input x: [n_tokens, in], n_tokens at most the
-/// scratch's max_batch and in at most its max_in.
+/// scratch's max_batch, and the scratch sized for these weights (MatmulScratch::Uses::add).
 inline void matmul(TensorView<const float> x, std::initializer_list<Product> products,
                    MatmulScratch& scratch, int n_threads) {
   const std::int64_t n_tokens = x.rows();
   std::int64_t total_rows = 0;
-  bool quantize = false, quantize_k = false, interleaved = false;
   // The gemm kernels' activation is prepared once, for the first product's type that uses one;
-  // a product of another type whose gemm wants a different preparation runs gemv instead.
+  // a product of another type whose gemm wants a different preparation takes another route.
   detail::Prepare prepare = nullptr;
   for (const Product& p : products) {
     KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
     total_rows += p.w.rows;
-    if (p.w.dtype == DType::kF32) continue;
-    const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
-    if (p.w.interleaved != nullptr) {
-      quantize = interleaved = true;
-    } else if (detail::uses_gemm(k, n_tokens)) {
-      quantize = true;
-      if (prepare == nullptr) prepare = k.prepare;
-    } else if (n_tokens <= MatmulScratch::kMaxGemvTokens) {
-      quantize = quantize || k.decode_activation == DType::kQ8_0;
-      quantize_k = quantize_k || k.decode_activation == DType::kQ8_K;
+    if (prepare == nullptr && detail::route(p.w, n_tokens) == detail::Route::kGemm) {
+      prepare = kernels::kernels(p.w.dtype).prepare;
     }
   }
-  KVLM_ASSERT(x.cols() <= scratch.max_in());
+  bool quantize = false, quantize_k = false, interleaved = false;
+  for (const Product& p : products) {
+    const detail::Route r = detail::route(p.w, n_tokens, prepare);
+    const DType activation = kernels::kernels(p.w.dtype).decode_activation;
+    quantize = quantize || r == detail::Route::kGemm || r == detail::Route::kInterleaved ||
+               (r == detail::Route::kGemv && activation == DType::kQ8_0);
+    quantize_k = quantize_k || (r == detail::Route::kGemv && activation == DType::kQ8_K);
+    interleaved = interleaved || r == detail::Route::kInterleaved;
+  }
+  KVLM_ASSERT(!quantize || x.cols() <= scratch.uses().quantized);
+  KVLM_ASSERT(!quantize_k || x.cols() <= scratch.uses().quantized_k);
+  KVLM_ASSERT(prepare == nullptr || x.cols() <= scratch.uses().prepared);
+  KVLM_ASSERT(!interleaved || x.cols() <= scratch.uses().interleaved);
   // Once for every product and thread; x.cols() is a multiple of 32 (of 256 for quantize_k) here.
   const std::size_t prepared_bytes = kernels::prepared_bytes(x.cols());
   for (std::int64_t t = 0; t < n_tokens; ++t) {
@@ -241,7 +340,9 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       const std::int64_t lo = std::max(begin, first_row) - first_row;
       const std::int64_t hi = std::min(end, first_row + p.w.rows) - first_row;
       first_row += p.w.rows;
-      if (lo < hi) detail::matmul_rows(x, p, lo, hi, scratch, thread, prepare);
+      if (lo < hi) {
+        detail::matmul_rows(x, p, detail::route(p.w, n_tokens, prepare), lo, hi, scratch, thread);
+      }
     }
   });
 }

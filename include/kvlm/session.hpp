@@ -355,7 +355,7 @@ class Session {
         cache_({config_.n_layers, max_seq_len_, config_.n_kv_heads, config_.head_dim,
                 options_.kv_type}),
         rope_table_(config_.head_dim, max_seq_len_, config_.rope_theta),
-        scratch_(config_, batch_, scratch_threads(options_), options_.kv_type, 0),
+        scratch_(*model_, batch_, scratch_threads(options_), options_.kv_type, 0),
         logits_({config_.vocab_size}),
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
@@ -643,17 +643,11 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
   const ModelConfig& c = model.config();
   const auto f32 = [](std::int64_t n) { return static_cast<std::size_t>(n) * sizeof(float); };
   const std::int64_t batch = batch_rows(o), seq = o.max_seq_len, threads = scratch_threads(o);
-  const std::int64_t kv_dim = c.kv_dim();
-  const std::int64_t max_in = std::max({c.dim, c.q_dim(), c.hidden_dim});
   std::size_t bytes = 2 * static_cast<std::size_t>(c.n_layers) * static_cast<std::size_t>(seq) *
-                      row_bytes(o.kv_type, kv_dim);             // the KV cache
+                      row_bytes(o.kv_type, c.kv_dim());         // the KV cache
   bytes += f32(seq * c.head_dim);                               // RoPE table
-  bytes += f32(batch * c.dim);                                  // x
-  bytes += f32(batch * (c.dim + 2 * c.q_dim() + 2 * c.hidden_dim));  // xb, q, att, gate, up
-  bytes += f32(2 * batch * kv_dim);                             // k, v before they are stored
-  bytes += static_cast<std::size_t>(batch) * sizeof(SequenceRows);  // where a pass's rows go
-  bytes += AttentionScratch::bytes_needed(static_cast<int>(threads), c.group(), kv_dim, o.kv_type);
-  bytes += MatmulScratch::bytes_needed(batch, max_in, static_cast<int>(threads));
+  bytes += ForwardScratch::bytes_needed(model, static_cast<int>(batch), static_cast<int>(threads),
+                                        o.kv_type, 0);          // activations
   bytes += f32(c.vocab_size);                                   // logits
   bytes += static_cast<std::size_t>(seq) * sizeof(Token);       // tokens
   bytes += GenerateOptions::kMaxTopLogprobs * sizeof(TokenLogprob);  // top alternatives
