@@ -8,6 +8,8 @@
 //   BM_DecodeRoofline  decode of a random-weight model of stories110M's shape (F32, ~440 MB of
 //       weights read per token), as a fraction of the bandwidth roofline, with the bandwidth
 //       measured between its own timed iterations.
+//   BM_CachedStep/<start_pos>, BM_UncachedStep/<start_pos>  one decode step on that shape at a
+//       position, with the cache and re-running the whole prefix without it.
 //   BM_TokenLatency/<pause_us>  the spread of single decode steps on that shape, back to back
 //       and with the host pausing between tokens (the cost of waking idle threads).
 //   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
@@ -129,7 +131,7 @@ void BM_AttentionStep(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2LL * n_ctx * kv_dim * sizeof(float));
   add_context(state, n_threads);
 }
-BENCHMARK(BM_AttentionStep)->RangeMultiplier(4)->Range(64, 4096)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionStep)->RangeMultiplier(2)->Range(64, 8192)->Unit(benchmark::kMicrosecond);
 
 // Sustained read bandwidth: sums a 1 GiB buffer on every core with 4 independent 16-wide
 // accumulators (as ../shared/BENCHMARKS.md measures it); the best of `passes` passes.
@@ -222,6 +224,32 @@ void BM_DecodeRoofline(benchmark::State& state) {
   decode_against_roofline(state, stories110m(), 8, 32);
 }
 BENCHMARK(BM_DecodeRoofline)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// One decode step on the stories110M shape at position start_pos, cached (only the new token's
+// K/V is computed; attention reads the cache) or uncached (kRecompute: the step re-runs all
+// start_pos + 1 tokens, as an engine without a cache must). The session is prefilled once; each
+// iteration steps and rewinds the token outside the timing.
+void step_at(benchmark::State& state, kvlm::CacheMode mode) {
+  const int start_pos = static_cast<int>(state.range(0));
+  const auto model = stories110m();
+  kvlm::SessionOptions options;
+  options.cache_mode = mode;
+  options.max_seq_len = std::max(model->config().max_seq_len, start_pos + 1);
+  kvlm::Session session(model, options);
+  const kvlm::Token token = argmax(session.prefill(prompt_of(start_pos, model->config().vocab_size)));
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(session.step(token).data());
+    state.PauseTiming();
+    session.rewind(1);
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(state.iterations());
+  add_context(state, session.n_threads());
+}
+void BM_CachedStep(benchmark::State& state) { step_at(state, kvlm::CacheMode::kCached); }
+void BM_UncachedStep(benchmark::State& state) { step_at(state, kvlm::CacheMode::kRecompute); }
+BENCHMARK(BM_CachedStep)->Arg(16)->Arg(256)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_UncachedStep)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The spread of per-token latency: 64 decode steps on the stories110M shape, each timed on its
 // own, with the host pausing pause_us between tokens (0: back to back; 2000: a host doing 2 ms of

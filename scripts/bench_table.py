@@ -30,11 +30,21 @@ def main(path):
     print()
     print("| attention step at start_pos | time (us) | K/V read (GB/s) |")
     print("|---:|---:|---:|")
-    for p in (64, 256, 1024, 4096):
+    for p in (64, 256, 1024, 4096, 8192):
         a = get(f"BM_AttentionStep/{p}")
         if a:
             print(f"| {p} | {a['real_time']:.1f} | {a['bytes_per_second'] / 1e9:.1f} |")
     print()
+    cached = {p: get(f"BM_CachedStep/{p}/real_time") for p in (16, 256, 1024)}
+    uncached = get("BM_UncachedStep/256/real_time")
+    if all(cached.values()) and uncached:
+        ms = {p: b["real_time"] for p, b in cached.items()}
+        print("| stories110M shape, F32, one decode step at position | 16 | 256 | 1024 |")
+        print("|---|---:|---:|---:|")
+        print(f"| cached, ms | {ms[16]:.2f} | {ms[256]:.2f} | {ms[1024]:.2f} |")
+        print(f"| uncached (re-runs the prefix), ms | | {uncached['real_time']:.1f} | |")
+        print(f"\nAt position 1024 a cached step costs {ms[1024] / ms[16]:.2f}x one at 16; at 256 the "
+              f"uncached step costs {uncached['real_time'] / ms[256]:.1f}x the cached one.\n")
     roof = get("BM_DecodeRoofline/real_time")
     if roof:
         print("| stories110M shape, F32, decode | tok/s | roofline tok/s | fraction of roofline |")
