@@ -71,9 +71,6 @@ class MatmulScratch {
     /// Widens the buffers that products by w of up to max_batch tokens read, on this process's
     /// path and whichever product shares a call with w.
     void add(const WeightView& w, std::int64_t max_batch);
-    std::int64_t widest() const {
-      return std::max({quantized, quantized_k, prepared, interleaved, rows, panel});
-    }
   };
 
   /// max_batch: most rows of x; n_threads: most threads.
