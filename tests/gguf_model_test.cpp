@@ -213,7 +213,7 @@ TEST(GgufModel, InterleavesTheQ8_0AndQ4_0MatricesItMultiplies) {
   std::size_t expected = model->classifier().byte_size();
   for (int l = 0; l < model->config().n_layers; ++l) {
     const BlockWeights& b = model->block(l);
-    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+    for (const WeightView* w : b.matrices()) {
       EXPECT_NE(w->interleaved, nullptr);
       expected += w->byte_size();  // tinygqa's rows are whole groups of 16
     }

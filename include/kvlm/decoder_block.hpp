@@ -5,6 +5,7 @@
 // and attention per sequence.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 
 #include "kvlm/attention.hpp"
@@ -29,6 +30,12 @@ struct BlockWeights {
   WeightView w_gate;                  // [hidden_dim, dim]   (llama2.c's w1)
   WeightView w_down;                  // [dim, hidden_dim]   (w2)
   WeightView w_up;                    // [hidden_dim, dim]   (w3)
+
+  /// The seven matrices, for what goes over all of them (sizes, types, copies).
+  std::array<const WeightView*, 7> matrices() const {
+    return {&wq, &wk, &wv, &wo, &w_gate, &w_down, &w_up};
+  }
+  std::array<WeightView*, 7> matrices() { return {&wq, &wk, &wv, &wo, &w_gate, &w_down, &w_up}; }
 };
 
 /// Activations for a batch of up to max_batch rows, allocated once per session or batcher.

@@ -51,7 +51,7 @@ inline MatmulScratch::Uses matmul_uses(const Model& model, int max_rows) {
   MatmulScratch::Uses uses;
   for (int l = 0; l < model.config().n_layers; ++l) {
     const BlockWeights& b = model.block(l);
-    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+    for (const WeightView* w : b.matrices()) {
       uses.add(*w, max_rows);
     }
   }

@@ -131,7 +131,7 @@ class Model {
       b.w_gate = matrix(file, p + "ffn_gate.weight", hidden, dim);
       b.w_down = matrix(file, p + "ffn_down.weight", dim, hidden);
       b.w_up = matrix(file, p + "ffn_up.weight", hidden, dim);
-      for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      for (const WeightView* w : b.matrices()) {
         decode_weight_bytes_ += w->byte_size();
       }
       blocks_.push_back(b);
@@ -195,7 +195,7 @@ class Model {
       if (kernels::kernels(w.dtype).gemm_interleaved != nullptr) copies.emplace_back(&w, release);
     };
     for (BlockWeights& b : blocks_) {
-      for (WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      for (WeightView* w : b.matrices()) {
         add(*w, true);
       }
     }
@@ -257,7 +257,7 @@ class Model {
     for (const BlockWeights& b : blocks_) {
       add_vector(b.attn_norm);
       add_vector(b.ffn_norm);
-      for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+      for (const WeightView* w : b.matrices()) {
         add_matrix(*w);
       }
     }
@@ -290,7 +290,7 @@ inline std::int64_t Model::parameter_count() const {
   if (!c.shared_classifier) n += size(classifier_);
   for (const BlockWeights& b : blocks_) {
     n += 2 * c.dim;  // the two norms
-    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+    for (const WeightView* w : b.matrices()) {
       n += size(*w);
     }
   }
@@ -303,7 +303,7 @@ inline std::string Model::summary() const {
   ++types[to_string(token_embedding_.dtype)];
   if (!c.shared_classifier) ++types[to_string(classifier_.dtype)];
   for (const BlockWeights& b : blocks_) {
-    for (const WeightView* w : {&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_down, &b.w_up}) {
+    for (const WeightView* w : b.matrices()) {
       ++types[to_string(w->dtype)];
     }
   }

@@ -652,10 +652,9 @@ inline float pow2(int k) {
 
 /// e^x in float: at most 1 ulp from e^x rounded to float for every float x (kernels_test checks
 /// every 64th; all of [-104, 89] were checked once), so 0 or +inf where e^x underflows or
-/// overflows; 0 for NaN. One fused multiply-add
-/// per step and 2^n applied as two exact powers of two (2^(n >> 1), then the rest, so that a
-/// subnormal result is rounded once), as every lane of the SIMD kernels does: they match it bit
-/// for bit.
+/// overflows; 0 for NaN. One fused multiply-add per step and 2^n applied as two exact powers of
+/// two (2^(n >> 1), then the rest, so that a subnormal result is rounded once), as every lane of
+/// the SIMD kernels does: they match it bit for bit.
 inline float exp(float x) {
   using C = ExpConstants;
   x = std::fmin(std::fmax(x, C::kExpMin), C::kExpMax);  // fmax(NaN, lo) is lo
