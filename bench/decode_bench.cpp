@@ -14,6 +14,7 @@
 //       and with the host pausing between tokens (the cost of waking idle threads).
 //   BM_PeakFlops  this machine's peak float32 FMA rate, measured in the same run.
 //   BM_PeakInt8  its peak rate of 8-bit multiply-adds (AVX-512 VNNI), the integer gemm's limit.
+//   BM_PeakBf16  its peak rate of bfloat16 multiply-adds (AVX512-BF16), the BF16 GEMM's limit.
 //   BM_Prefill/512  a 512-token prompt on that shape, as a fraction of the peak.
 //   BM_SessionReprefill/512, BM_SessionFork/512, BM_SessionLoad/512  three ways to get a session
 //       holding a 512-token prompt on that shape.
@@ -405,9 +406,39 @@ void BM_PeakInt8(benchmark::State& state) {
 }
 BENCHMARK(BM_PeakInt8)->UseManualTime()->Iterations(1);
 
+// Peak bfloat16 arithmetic: vdpbf16ps, 32 multiply-adds per instruction.
+__attribute__((target("avx512f,avx512bf16"))) float bf16_chains(std::int64_t steps, int seed) {
+  __m512 acc[kChains];
+  for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(1.0f + 0.001f * (k + seed));
+  const __m512i a = _mm512_set1_epi16(0x3F80), b = _mm512_set1_epi16(0x3380);  // 1, 2^-24
+  for (std::int64_t i = 0; i < steps; ++i) {
+    for (int k = 0; k < kChains; ++k) {
+      acc[k] = _mm512_dpbf16_ps(acc[k], reinterpret_cast<const __m512bh&>(a),
+                                reinterpret_cast<const __m512bh&>(b));
+    }
+  }
+  float sum = 0.0f;
+  for (int k = 0; k < kChains; ++k) sum += _mm512_reduce_add_ps(acc[k]);
+  return sum;
+}
+
+double measure_peak_bf16_flops() {
+  static const double flops_per_second = [] {
+    if (kvlm::kernels::pair_panel_kernels() == nullptr) return 0.0;
+    return rate_on_every_core(2.0 * kChains * 32 * kChainSteps,
+                              [](int thread) { return bf16_chains(kChainSteps, thread); });
+  }();
+  return flops_per_second;
+}
+
+void BM_PeakBf16(benchmark::State& state) {
+  report_peak(state, measure_peak_bf16_flops(), "GFLOP_per_s", "no AVX512-BF16 on this CPU");
+}
+BENCHMARK(BM_PeakBf16)->UseManualTime()->Iterations(1);
+
 // Prefill of a 512-token prompt on the stories110M shape (llama.cpp's pp512), as tok/s and as a
 // fraction of the peak measured above (and of the 8-bit peak, for weights whose prefill runs
-// the integer gemm). FLOPs count 2 per weight per token (the classifier's for
+// the integer gemm, and of the bfloat16 peak for BF16 weights on the BF16 GEMM). FLOPs count 2 per weight per token (the classifier's for
 // the last token only) and the causal half of attention's two products.
 void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
                           int n_tokens) {
@@ -435,6 +466,10 @@ void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const k
   if (layer_type != kvlm::DType::kF32 && kvlm::kernels::kernels(layer_type).gemm != nullptr) {
     state.counters["fraction_of_int8_peak"] = benchmark::Counter(
         flops / measure_peak_int8_ops(), benchmark::Counter::kIsIterationInvariantRate);
+  }
+  if (layer_type == kvlm::DType::kBF16 && kvlm::kernels::pair_panel_kernels() != nullptr) {
+    state.counters["fraction_of_bf16_peak"] = benchmark::Counter(
+        flops / measure_peak_bf16_flops(), benchmark::Counter::kIsIterationInvariantRate);
   }
   add_context(state, session.n_threads());
 }

@@ -36,7 +36,7 @@ def main(folder, shape, types):
     print(f"{shape} shape, random weights, 2 threads; decode = 16 tokens after a 128-token prompt "
           "(llama-bench: tg128), prefill = 512 tokens (pp512).\n")
     print("| type | decode tok/s | roofline tok/s (GB/s) | of roofline | prefill tok/s "
-          "| of FMA peak (GFLOP/s) | of int8 peak (GOPS) | llama.cpp pp / tg "
+          "| of FMA peak (GFLOP/s) | of int8 or bf16 peak (G/s) | llama.cpp pp / tg "
           "| ik_llama.cpp pp / tg | ik -rtr pp / tg | kvlm / best peer pp, tg |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in types:
@@ -59,9 +59,15 @@ def table_row(label, d, p, peer_runs):
              f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
              f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
              f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
-    # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512).
-    int8 = p.get("fraction_of_int8_peak")
-    cells.append(f"{int8:.2f} ({p['GFLOP_per_s'] / int8:.0f})" if int8 else "-")
+    # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512) or the
+    # BF16 GEMM (BF16 on AVX512-BF16).
+    for kind in ("int8", "bf16"):
+        fraction = p.get(f"fraction_of_{kind}_peak")
+        if fraction:
+            cells.append(f"{fraction:.2f} {kind} ({p['GFLOP_per_s'] / fraction:.0f})")
+            break
+    else:
+        cells.append("-")
     best_pp = best_tg = 0.0
     for r in peer_runs:
         if r and r[0] and r[1]:

@@ -174,7 +174,8 @@ class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 
 // Both paths, each against the float64 reference: decode (gemv on the stored rows, with 8-bit
 // activations for the quantized types) and a prefill of 96 tokens (gemm with 8-bit activations
-// for Q8_0 and Q4_0 on the AVX-512 path, dequantized tiles in float otherwise).
+// for Q8_0 and Q4_0 on the AVX-512 path, the BF16 GEMM with bfloat16 activations for BF16 on a
+// CPU with AVX512-BF16, dequantized tiles in float otherwise).
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
   KVLM_REQUIRE_MODEL(gguf, std::string("tinygqa/tinygqa-") + bound.type + ".gguf");

@@ -17,8 +17,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <random>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -818,6 +821,142 @@ TEST(KernelsPanel, EachPathPacksAndMultipliesAsTheScalarTwin) {
           scalar::gemm_panel(panel_ref.data(), rows, cols, x.data(), ldx, n_tokens, y_ref.data(),
                              ldy);
           k->gemm(panel.data(), rows, cols, x.data(), ldx, n_tokens, y.data(), ldy);
+          ASSERT_EQ(y, y_ref);  // bit for bit, the padding included
+        }
+      }
+    }
+  }
+}
+
+// --- The BF16 GEMM over pair panels (kernels/panel.hpp) -------------------------------------------
+
+std::vector<std::uint16_t> random_bf16(std::size_t n, std::uint32_t seed) {
+  std::vector<std::uint16_t> v(n);
+  const std::vector<float> x = random_floats(n, seed);
+  for (std::size_t i = 0; i < n; ++i) v[i] = fp32_to_bf16(x[i]);
+  return v;
+}
+
+TEST(KernelsPairPanel, LayoutHoldsEachPairOfColumnsOfThe32Rows) {
+  const std::int64_t rows = 19, cols = 22, ld = 25;
+  const std::vector<std::uint16_t> w = random_bf16(static_cast<std::size_t>(rows * ld), 71);
+  std::vector<std::uint32_t> panel(static_cast<std::size_t>(pair_panel_pairs(cols)), 7);
+  ASSERT_EQ(panel.size(), static_cast<std::size_t>(cols / 2 * 32));
+  pack_pair_panel(w.data(), ld, rows, cols, panel.data());
+  for (std::int64_t p = 0; p < cols / 2; ++p) {
+    for (std::int64_t r = 0; r < 32; ++r) {
+      const std::uint32_t pair = panel[p * 32 + r];
+      const std::uint16_t low = r < rows ? w[r * ld + 2 * p] : 0;
+      const std::uint16_t high = r < rows ? w[r * ld + 2 * p + 1] : 0;
+      ASSERT_EQ(pair & 0xFFFF, low) << "pair " << p << ", row " << r;
+      ASSERT_EQ(pair >> 16, high) << "pair " << p << ", row " << r;
+    }
+  }
+}
+
+TEST(KernelsPairPanel, ToBf16RoundsAsVcvtneps2bf16) {
+  // Bit patterns in and out, as this machine's vcvtneps2bf16 gave them.
+  const std::pair<std::uint32_t, std::uint16_t> cases[] = {
+      {0x3F800000, 0x3F80},  // 1
+      {0x3F808000, 0x3F80},  // halfway between 1 and the next bfloat16: to the even one
+      {0x3F818000, 0x3F82},  // halfway, rounding up to the even one
+      {0x3F808001, 0x3F81},  // past halfway
+      {0xBFC4167A, 0xBFC4},
+      {0x7F7FFFFF, 0x7F80},  // the largest float rounds to infinity
+      {0x7F800000, 0x7F80},  // infinity
+      {0x7FC00000, 0x7FC0},  // NaN
+      {0x000AE398, 0x0000},  // subnormals read as zero
+      {0x800AE398, 0x8000},
+  };
+  for (const auto& [in, out] : cases) {
+    float x;
+    std::memcpy(&x, &in, sizeof x);
+    std::uint16_t got = 0;
+    scalar::to_bf16(&x, &got, 1);
+    EXPECT_EQ(got, out) << std::hex << in;
+  }
+}
+
+TEST(KernelsPairPanel, ScalarTwinMatchesDoublePrecision) {
+  const std::int64_t rows = 7, cols = 300, n_tokens = 3;
+  const std::vector<std::uint16_t> w = random_bf16(static_cast<std::size_t>(rows * cols), 72);
+  const std::vector<std::uint16_t> x = random_bf16(static_cast<std::size_t>(n_tokens * cols), 73);
+  std::vector<std::uint32_t> panel(static_cast<std::size_t>(pair_panel_pairs(cols)));
+  pack_pair_panel(w.data(), cols, rows, cols, panel.data());
+  std::vector<float> y(static_cast<std::size_t>(n_tokens * rows));
+  scalar::gemm_pair_panel(panel.data(), rows, cols, x.data(), cols, n_tokens, y.data(), rows);
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double exact = 0.0, magnitude = 0.0;
+      for (std::int64_t k = 0; k < cols; ++k) {
+        const double product = double{bf16_to_fp32(w[r * cols + k])} * bf16_to_fp32(x[t * cols + k]);
+        exact += product;
+        magnitude += std::fabs(product);
+      }
+      EXPECT_NEAR(y[t * rows + r], exact, order_tolerance(cols) * magnitude);
+    }
+  }
+}
+
+// /proc/cpuinfo's flags: what the kernel read of the CPU, independent of kernels.hpp's CPUID.
+bool cpu_has_flag(const std::string& flag) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line);
+    std::string word;
+    while (words >> word) {
+      if (word == flag) return true;
+    }
+    return false;
+  }
+  return false;
+}
+
+TEST(KernelsPairPanel, OnlyTheAvx512PathOfACpuWithBf16HasIt) {
+  for (Simd simd : supported_paths()) {
+    const bool expected = simd == Simd::kAvx512 && cpu_has_flag("avx512_bf16");
+    EXPECT_EQ(pair_panel_kernels(simd) != nullptr, expected) << to_string(simd);
+  }
+}
+
+TEST(KernelsPairPanel, EachPathRoundsPacksAndMultipliesAsTheScalarTwin) {
+  for (Simd simd : supported_paths()) {
+    const PairPanelKernels* k = pair_panel_kernels(simd);
+    if (k == nullptr) continue;  // BF16 products run on the float GEMM (checked above)
+    // Rounding: random values at several scales, the cases above, and lengths around 16.
+    std::vector<float> x = random_floats(203, 74);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] *= std::ldexp(1.0f, static_cast<int>(i % 60) - 30);
+    const std::uint32_t special[] = {0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7F800000, 0xFF800000,
+                                     0x7FC00000, 0x7F800001, 0x000AE398, 0x800AE398, 0x80000000};
+    for (std::size_t i = 0; i < std::size(special); ++i) std::memcpy(&x[i * 7], &special[i], 4);
+    for (std::int64_t n : {1, 15, 16, 17, 203}) {
+      std::vector<std::uint16_t> ref(static_cast<std::size_t>(n) + 1, 9), got(ref.size(), 9);
+      scalar::to_bf16(x.data(), ref.data(), n);
+      k->to_bf16(x.data(), got.data(), n);
+      ASSERT_EQ(got, ref) << "n " << n;  // the element past n untouched too
+    }
+    for (std::int64_t rows : {1, 5, 15, 16, 17, 31, 32}) {
+      for (std::int64_t cols : {2, 30, 32, 34, 64, 172}) {
+        for (std::int64_t n_tokens : {1, 5, 7, 8, 9, 13, 17}) {
+          SCOPED_TRACE(std::string(to_string(simd)) + " rows " + std::to_string(rows) + " cols " +
+                       std::to_string(cols) + " tokens " + std::to_string(n_tokens));
+          const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols * 10 + n_tokens);
+          const std::int64_t ld = cols + 6, ldx = cols + 4, ldy = rows + 3;
+          const std::vector<std::uint16_t> w = random_bf16(static_cast<std::size_t>(rows * ld), seed);
+          const std::vector<std::uint16_t> xt =
+              random_bf16(static_cast<std::size_t>(n_tokens * ldx), seed + 1);
+          std::vector<std::uint32_t> panel_ref(static_cast<std::size_t>(pair_panel_pairs(cols)));
+          std::vector<std::uint32_t> panel(panel_ref.size(), 7);
+          pack_pair_panel(w.data(), ld, rows, cols, panel_ref.data());
+          k->pack(w.data(), ld, rows, cols, panel.data());
+          ASSERT_EQ(panel, panel_ref);
+          std::vector<float> y_ref(static_cast<std::size_t>(n_tokens * ldy), -2.0f);
+          std::vector<float> y(y_ref.size(), -2.0f);
+          scalar::gemm_pair_panel(panel_ref.data(), rows, cols, xt.data(), ldx, n_tokens,
+                                  y_ref.data(), ldy);
+          k->gemm(panel.data(), rows, cols, xt.data(), ldx, n_tokens, y.data(), ldy);
           ASSERT_EQ(y, y_ref);  // bit for bit, the padding included
         }
       }

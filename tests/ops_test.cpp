@@ -132,7 +132,9 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
 // which for Q4_0 take the activations rounded to 8-bit blocks, and so do the gemm kernels
 // (Q4_0 and Q8_0 on paths that have them) beyond: each x_i moves by at most half a step
 // d = amax / 127 of its block (plus the float16 rounding of d, 127 * 2^-11 d), so the error is
-// bounded by sum_i |w_i| * 0.57 d. Every other case computes in float: kMatmulRelTolerance.
+// bounded by sum_i |w_i| * 0.57 d. BF16 beyond kMaxGemvTokens, on a CPU with the BF16 GEMM,
+// takes the activations rounded to bfloat16: each x_i moves by at most 2^-9 |x_i|, so the error
+// is within 2^-9 sum_i |w_i x_i|. Every other case computes in float: kMatmulRelTolerance.
 class OpsTypedMatmul : public ::testing::TestWithParam<std::tuple<DType, int, int>> {};
 
 TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
@@ -153,6 +155,8 @@ TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
   const bool int8_activations = n_tokens <= MatmulScratch::kMaxGemvTokens
                                     ? k.decode_activation == DType::kQ8_0
                                     : k.gemm != nullptr;
+  const bool bf16_activations = type == DType::kBF16 && n_tokens > MatmulScratch::kMaxGemvTokens &&
+                                kernels::pair_panel_kernels() != nullptr;
   std::vector<float> row(in);
   for (std::int64_t r = 0; r < out; ++r) {
     kernels::scalar::to_float(type, wv.row(r), row.data(), in);
@@ -171,6 +175,7 @@ TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
         }
         bound += w_abs * 0.57 * amax / 127.0;
       }
+      if (bf16_activations) bound += std::ldexp(magnitude, -9);
       ASSERT_NEAR(y.view().row(t)[r], sum, bound + kMatmulRelTolerance * magnitude)
           << to_string(type) << " token " << t << " row " << r;
     }
@@ -221,7 +226,8 @@ TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
 // fewer bytes where the routes leave buffers out (sanitized builds check its bounds).
 TEST(OpsMatmul, ScratchSizedForItsWeightsServesEveryBatch) {
   const std::int64_t out = 40, max_batch = 100;
-  for (DType type : {DType::kF32, DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0,
+                     DType::kQ4_K}) {
     for (bool interleave : {false, true}) {
       if (interleave && kernels::kernels(type).gemm_interleaved == nullptr) continue;
       // Two matrices of different widths, as a layer's w_up and w_down are.

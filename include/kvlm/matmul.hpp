@@ -13,6 +13,8 @@
 //    gemm kernel where the path has one (several tokens per weight block), else its gemv kernel
 //    for every token. Each output is exactly the same whatever the number of tokens, so
 //    sessions batched together compute what each computes alone;
+//  - BF16 weights, for more tokens (prefill), on a CPU with AVX512-BF16, run the BF16 GEMM
+//    (pair panels, kernels/panel.hpp) on the tokens rounded to bfloat16 once per call;
 //  - other types, for more tokens (prefill), run the gemm kernel where there is one, else
 //    dequantize kPanelRows weight rows at a time into a per-thread buffer and run the float GEMM
 //    on them;
@@ -66,8 +68,12 @@ class MatmulScratch {
     std::int64_t interleaved = 0;  // gemm_interleaved's activations
     std::int64_t rows = 0;         // a thread's dequantized weight rows
     std::int64_t panel = 0;        // a thread's packed panel (on a path with a float GEMM)
+    std::int64_t bf16 = 0;         // the BF16 GEMM's activations
+    std::int64_t pair_panel = 0;   // a thread's pair panel (on a path with a BF16 GEMM)
 
-    static Uses all(std::int64_t max_in) { return {max_in, max_in, max_in, max_in, max_in, max_in}; }
+    static Uses all(std::int64_t max_in) {
+      return {max_in, max_in, max_in, max_in, max_in, max_in, max_in, max_in};
+    }
     /// Widens the buffers that products by w of up to max_batch tokens read, on this process's
     /// path and whichever product shares a call with w.
     void add(const WeightView& w, std::int64_t max_batch);
@@ -81,7 +87,9 @@ class MatmulScratch {
         prepared_({max_batch, static_cast<std::int64_t>(kernels::prepared_bytes(uses.prepared))}),
         interleaved_({max_batch, blocks(uses.interleaved, BlockQ8_0::kSize)}),
         rows_({std::max(n_threads, 1), kernels::kPanelRows, uses.rows}),
-        panels_({std::max(n_threads, 1), kernels::panel_floats(uses.panel)}) {}
+        panels_({std::max(n_threads, 1), kernels::panel_floats(uses.panel)}),
+        bf16_({max_batch, uses.bf16}),
+        pair_panels_({std::max(n_threads, 1), kernels::pair_panel_pairs(uses.pair_panel)}) {}
   /// Every buffer, for any weights with up to max_in columns.
   MatmulScratch(std::int64_t max_batch, std::int64_t max_in, int n_threads)
       : MatmulScratch(max_batch, Uses::all(max_in), n_threads) {}
@@ -96,13 +104,16 @@ class MatmulScratch {
            n(max_batch * blocks(uses.interleaved, BlockQ8_0::kSize)) *
                sizeof(kernels::ActivationBlock) +
            n(threads * (kernels::kPanelRows * uses.rows + kernels::panel_floats(uses.panel))) *
-               sizeof(float);
+               sizeof(float) +
+           n(max_batch * uses.bf16) * sizeof(std::uint16_t) +
+           n(threads * kernels::pair_panel_pairs(uses.pair_panel)) * sizeof(std::uint32_t);
   }
 
   const Uses& uses() const { return uses_; }
   std::size_t byte_size() const {
     return quantized_.byte_size() + quantized_k_.byte_size() + prepared_.byte_size() +
-           interleaved_.byte_size() + rows_.byte_size() + panels_.byte_size();
+           interleaved_.byte_size() + rows_.byte_size() + panels_.byte_size() +
+           bf16_.byte_size() + pair_panels_.byte_size();
   }
   // Row t of x as Q8_0 blocks: [uses().quantized / 32] blocks.
   BlockQ8_0* quantized(std::int64_t t) { return quantized_.view().row(t); }
@@ -117,6 +128,10 @@ class MatmulScratch {
   float* rows(int thread) { return rows_.view().row(thread * kernels::kPanelRows); }
   // A thread's panel: [panel_floats(uses().panel)].
   float* panel(int thread) { return panels_.view().row(thread); }
+  // The rows of x rounded to bfloat16: [max_batch, uses().bf16], consecutive.
+  std::uint16_t* bf16() { return bf16_.data(); }
+  // A thread's pair panel: [pair_panel_pairs(uses().pair_panel)].
+  std::uint32_t* pair_panel(int thread) { return pair_panels_.view().row(thread); }
 
  private:
   static std::int64_t blocks(std::int64_t in, std::int64_t block_size) {
@@ -130,6 +145,8 @@ class MatmulScratch {
   Tensor<kernels::ActivationBlock> interleaved_;  // [max_batch, ceil(uses.interleaved / 32)]
   Tensor<float> rows_;           // [n_threads, kPanelRows, uses.rows]
   Tensor<float> panels_;         // [n_threads, panel_floats(uses.panel)]
+  Tensor<std::uint16_t> bf16_;   // [max_batch, uses.bf16]
+  Tensor<std::uint32_t> pair_panels_;  // [n_threads, pair_panel_pairs(uses.pair_panel)]
 };
 
 /// One product y = x W^T of a matmul: w is [out, in] as stored, y is [n_tokens, out].
@@ -154,6 +171,7 @@ enum class Route {
   kGemm,             // the type's gemm on the prepared activations
   kInterleaved,      // gemm_interleaved on the interleaved copy
   kFloatGemm,        // F32 rows on the float GEMM
+  kPairGemm,         // BF16 rows on the BF16 GEMM, the tokens rounded to bfloat16
   kDequantizedGemm,  // rows dequantized kPanelRows at a time, then the float GEMM
 };
 
@@ -170,6 +188,10 @@ inline Route route(const WeightView& w, std::int64_t n_tokens) {
   }
   if (w.interleaved != nullptr) return Route::kInterleaved;
   if (uses_gemm(kernels::kernels(w.dtype), n_tokens)) return Route::kGemm;
+  if (w.dtype == DType::kBF16 && n_tokens > MatmulScratch::kMaxGemvTokens && w.cols % 2 == 0 &&
+      kernels::pair_panel_kernels() != nullptr) {
+    return Route::kPairGemm;
+  }
   return without_gemm(n_tokens);
 }
 
@@ -210,6 +232,17 @@ inline void matmul_rows(TensorView<const float> x, const Product& p, Route r, st
         float_rows_product(x, p.w.f32().row(i), rows, p.y.data() + i, p.y.cols(), scratch, thread);
       }
       return;
+    case Route::kPairGemm: {
+      const kernels::PairPanelKernels& pairs = *kernels::pair_panel_kernels();
+      for (std::int64_t i = lo; i < hi; i += kernels::kPanelRows) {
+        const std::int64_t rows = std::min<std::int64_t>(kernels::kPanelRows, hi - i);
+        pairs.pack(reinterpret_cast<const std::uint16_t*>(p.w.row(i)), in, rows, in,
+                   scratch.pair_panel(thread));
+        pairs.gemm(scratch.pair_panel(thread), rows, in, scratch.bf16(), in, n_tokens,
+                   p.y.data() + i, p.y.cols());
+      }
+      return;
+    }
     case Route::kInterleaved:
       k.gemm_interleaved(p.w.interleaved, lo, hi, in, scratch.interleaved(), n_tokens, p.y.data(),
                          p.y.cols());
@@ -279,6 +312,10 @@ inline void MatmulScratch::Uses::add(const WeightView& w, std::int64_t max_batch
         case detail::Route::kFloatGemm:
           if (float_gemm) widen(panel);
           break;
+        case detail::Route::kPairGemm:
+          widen(bf16);
+          widen(pair_panel);
+          break;
         case detail::Route::kDequantizedGemm:
           widen(rows);
           if (float_gemm) widen(panel);
@@ -304,7 +341,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       prepare = kernels::kernels(p.w.dtype).prepare;
     }
   }
-  bool quantize = false, quantize_k = false, interleaved = false;
+  bool quantize = false, quantize_k = false, interleaved = false, bf16 = false;
   for (const Product& p : products) {
     const detail::Route r = detail::route(p.w, n_tokens, prepare);
     const DType activation = kernels::kernels(p.w.dtype).decode_activation;
@@ -312,11 +349,13 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
                (r == detail::Route::kGemv && activation == DType::kQ8_0);
     quantize_k = quantize_k || (r == detail::Route::kGemv && activation == DType::kQ8_K);
     interleaved = interleaved || r == detail::Route::kInterleaved;
+    bf16 = bf16 || r == detail::Route::kPairGemm;
   }
   KVLM_ASSERT(!quantize || x.cols() <= scratch.uses().quantized);
   KVLM_ASSERT(!quantize_k || x.cols() <= scratch.uses().quantized_k);
   KVLM_ASSERT(prepare == nullptr || x.cols() <= scratch.uses().prepared);
   KVLM_ASSERT(!interleaved || x.cols() <= scratch.uses().interleaved);
+  KVLM_ASSERT(!bf16 || x.cols() <= scratch.uses().bf16);
   // Once for every product and thread; x.cols() is a multiple of 32 (of 256 for quantize_k) here.
   const std::size_t prepared_bytes = kernels::prepared_bytes(x.cols());
   for (std::int64_t t = 0; t < n_tokens; ++t) {
@@ -329,6 +368,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       kernels::prepare_interleaved(scratch.quantized(t), x.cols(),
                                    scratch.interleaved() + t * (x.cols() / BlockQ8_0::kSize));
     }
+    if (bf16) kernels::pair_panel_kernels()->to_bf16(x.row(t), scratch.bf16() + t * x.cols(), x.cols());
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
                             [&](std::int64_t begin, std::int64_t end, int thread) {

@@ -1157,9 +1157,12 @@ KVLM_TARGET_AVX512 inline void transpose16(__m512 (&v)[16]) {
   }
 }
 
-/// kernels::pack_panel, 16 x 16 floats at a time.
-KVLM_TARGET_AVX512 inline void pack_panel(const float* rows, std::int64_t ld, std::int64_t n_rows,
-                                          std::int64_t cols, float* panel) {
+/// kernels::pack_panel, 16 x 16 floats at a time; with T = std::uint32_t, the same for
+/// 32-bit words (pack_pair_panel's pairs).
+template <typename T>
+KVLM_TARGET_AVX512 inline void pack_panel(const T* rows, std::int64_t ld, std::int64_t n_rows,
+                                          std::int64_t cols, T* panel) {
+  static_assert(sizeof(T) == 4);
   for (int half = 0; half < kPanelRows / 16; ++half) {
     for (std::int64_t k = 0; k < cols; k += 16) {
       const std::int64_t n_cols = std::min<std::int64_t>(16, cols - k);
@@ -1225,6 +1228,83 @@ KVLM_TARGET_AVX512 inline void gemm_panel(const float* panel, std::int64_t n_row
   }
 }
 
+// --- The BF16 GEMM over pair panels (layout in kernels/panel.hpp) -------------------------------
+// As the float GEMM, with vdpbf16ps in place of the FMA: each token broadcasts a pair of its
+// bfloat16 values, and one instruction adds two columns' products to 16 rows' sums.
+
+#define KVLM_TARGET_AVX512_BF16                                                             \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16,avx2,fma,f16c")))
+
+/// scalar::to_bf16, bit for bit.
+KVLM_TARGET_AVX512_BF16 inline void to_bf16(const float* x, std::uint16_t* out, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first_lanes(std::min<std::int64_t>(16, n - i));
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+    _mm256_mask_storeu_epi16(out + i, m, reinterpret_cast<const __m256i&>(v));
+  }
+}
+
+/// kernels::pack_pair_panel: the rows' 32-bit words packed as a float panel's floats.
+KVLM_TARGET_AVX512_BF16 inline void pack_pair_panel(const std::uint16_t* rows, std::int64_t ld,
+                                                    std::int64_t n_rows, std::int64_t cols,
+                                                    std::uint32_t* panel) {
+  // Only the intrinsics' loads read through this pointer, and they may alias anything.
+  pack_panel(reinterpret_cast<const std::uint32_t*>(rows), ld / 2, n_rows, cols / 2, panel);
+}
+
+// The pair panel's rows times kTokens tokens, token t's bfloat16 values at x + t * ldx; rows
+// `lanes[h]` of half h stored.
+template <int kTokens>
+KVLM_TARGET_AVX512_BF16 inline void gemm_pair_panel_tokens(int tokens, const std::uint32_t* panel,
+                                                           std::int64_t pairs,
+                                                           const std::uint16_t* x,
+                                                           std::int64_t ldx,
+                                                           const __mmask16 (&lanes)[2], float* y,
+                                                           std::int64_t ldy) {
+  if constexpr (kTokens > 1) {
+    if (tokens < kTokens) {
+      return gemm_pair_panel_tokens<kTokens - 1>(tokens, panel, pairs, x, ldx, lanes, y, ldy);
+    }
+  }
+  __m512 acc[kTokens][2];
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    const __m512i w0 = _mm512_loadu_si512(panel + p * kPanelRows);
+    const __m512i w1 = _mm512_loadu_si512(panel + p * kPanelRows + 16);
+    KVLM_UNROLL
+    for (int t = 0; t < kTokens; ++t) {
+      std::uint32_t pair;
+      std::memcpy(&pair, x + t * ldx + 2 * p, sizeof pair);
+      const __m512i xt = _mm512_set1_epi32(static_cast<int>(pair));
+      acc[t][0] = _mm512_dpbf16_ps(acc[t][0], reinterpret_cast<const __m512bh&>(w0),
+                                   reinterpret_cast<const __m512bh&>(xt));
+      acc[t][1] = _mm512_dpbf16_ps(acc[t][1], reinterpret_cast<const __m512bh&>(w1),
+                                   reinterpret_cast<const __m512bh&>(xt));
+    }
+  }
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) {
+    _mm512_mask_storeu_ps(y + t * ldy, lanes[0], acc[t][0]);
+    _mm512_mask_storeu_ps(y + t * ldy + 16, lanes[1], acc[t][1]);
+  }
+}
+
+/// scalar::gemm_pair_panel, bit for bit.
+KVLM_TARGET_AVX512_BF16 inline void gemm_pair_panel(const std::uint32_t* panel,
+                                                    std::int64_t n_rows, std::int64_t cols,
+                                                    const std::uint16_t* x, std::int64_t ldx,
+                                                    std::int64_t n_tokens, float* y,
+                                                    std::int64_t ldy) {
+  const __mmask16 lanes[2] = {first_lanes(std::min<std::int64_t>(n_rows, 16)),
+                              first_lanes(std::max<std::int64_t>(n_rows - 16, 0))};
+  for (std::int64_t t = 0; t < n_tokens; t += kPanelTokens) {
+    const int tokens = static_cast<int>(std::min<std::int64_t>(kPanelTokens, n_tokens - t));
+    gemm_pair_panel_tokens<kPanelTokens>(tokens, panel, cols / 2, x + t * ldx, ldx, lanes,
+                                         y + t * ldy, ldy);
+  }
+}
+
 // --- Elementwise math (scalar::exp and what uses it), 16 lanes at a time --------------------------
 
 // 2^k on each lane, for k in [-126, 127] (scalar::pow2). A function, not a lambda: a lambda
@@ -1275,5 +1355,6 @@ KVLM_TARGET_AVX512 inline void silu_mul(float* gate, const float* up, std::int64
 #pragma GCC diagnostic pop
 #endif
 
-#undef KVLM_TARGET_AVX512  // the attribute belongs to these definitions, not to the host
+#undef KVLM_TARGET_AVX512  // the attributes belong to these definitions, not to the host
+#undef KVLM_TARGET_AVX512_BF16
 #undef KVLM_UNROLL

@@ -41,12 +41,14 @@ inline const char* to_string(Simd simd) {
 namespace detail {
 
 struct CpuFeatures {
-  bool avx2 = false;    // AVX2, FMA, F16C
-  bool avx512 = false;  // the above and AVX-512 F, BW, VL, VNNI
+  bool avx2 = false;         // AVX2, FMA, F16C
+  bool avx512 = false;       // the above and AVX-512 F, BW, VL, VNNI
+  bool avx512_bf16 = false;  // the above and AVX512-BF16 (Zen 4, Sapphire Rapids and later)
 };
 
 // __builtin_cpu_supports also checks that the OS saves the vector registers. Clang 14 does not
-// know "f16c" there, so F16C comes from CPUID leaf 1 (ECX bit 29); the OS side of it is AVX's.
+// know "f16c" or "avx512bf16" there, so F16C comes from CPUID leaf 1 (ECX bit 29) and
+// AVX512-BF16 from leaf 7, subleaf 1 (EAX bit 5); the OS side of each is AVX's or AVX-512's.
 inline CpuFeatures detect_cpu() {
   __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -56,14 +58,22 @@ inline CpuFeatures detect_cpu() {
   cpu.avx512 = cpu.avx2 && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512vnni");
+  const bool bf16 = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & bit_AVX512BF16) != 0;
+  cpu.avx512_bf16 = cpu.avx512 && bf16;
+  return cpu;
+}
+
+// This CPU's features. Thread-safe; CPUID runs once per process.
+inline const CpuFeatures& cpu_features() {
+  static const CpuFeatures cpu = detect_cpu();
   return cpu;
 }
 
 }  // namespace detail
 
-/// Whether this CPU can run `simd`'s kernels. Thread-safe; CPUID runs once per process.
+/// Whether this CPU can run `simd`'s kernels.
 inline bool simd_supported(Simd simd) {
-  static const detail::CpuFeatures cpu = detail::detect_cpu();
+  const detail::CpuFeatures& cpu = detail::cpu_features();
   switch (simd) {
     case Simd::kScalar: return true;
     case Simd::kAvx2: return cpu.avx2;
@@ -300,8 +310,31 @@ struct PanelKernels {
 /// @throws Error(kInvalidArgument) if the CPU cannot run simd.
 inline const PanelKernels* panel_kernels(Simd simd = active_simd()) {
   static constexpr PanelKernels kAvx2{pack_panel, avx2::gemm_panel};
-  static constexpr PanelKernels kAvx512{avx512::pack_panel, avx512::gemm_panel};
+  static constexpr PanelKernels kAvx512{avx512::pack_panel<float>, avx512::gemm_panel};
   return detail::vector_only(simd, kAvx2, kAvx512);
+}
+
+/// A path's BF16 GEMM (kernels/panel.hpp, pair panels): to_bf16 rounds a token's values to
+/// bfloat16, pack copies up to kPanelRows BF16 rows (ld apart) into a pair panel, gemm multiplies
+/// n_tokens rounded tokens (ldx apart) by it: y[t * ldy + r] = row r · token t, bit for bit
+/// scalar::to_bf16 and scalar::gemm_pair_panel. cols is even.
+struct PairPanelKernels {
+  void (*to_bf16)(const float* x, std::uint16_t* out, std::int64_t n);
+  void (*pack)(const std::uint16_t* rows, std::int64_t ld, std::int64_t n_rows, std::int64_t cols,
+               std::uint32_t* panel);
+  void (*gemm)(const std::uint32_t* panel, std::int64_t n_rows, std::int64_t cols,
+               const std::uint16_t* x, std::int64_t ldx, std::int64_t n_tokens, float* y,
+               std::int64_t ldy);
+};
+
+/// The BF16 GEMM of path simd: the AVX-512 path's on a CPU with AVX512-BF16, else null (BF16
+/// products then dequantize their rows and run the float GEMM).
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd.
+inline const PairPanelKernels* pair_panel_kernels(Simd simd = active_simd()) {
+  static constexpr PairPanelKernels kAvx512{avx512::to_bf16, avx512::pack_pair_panel,
+                                            avx512::gemm_pair_panel};
+  detail::check_supported(simd);
+  return simd == Simd::kAvx512 && detail::cpu_features().avx512_bf16 ? &kAvx512 : nullptr;
 }
 
 /// A path's elementwise math: exp_shifted and silu_mul, bit for bit scalar::exp_shifted and

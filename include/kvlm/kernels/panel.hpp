@@ -15,6 +15,14 @@
 //
 // Layout of a panel of n <= 32 rows of a [rows, cols] matrix: cols groups of 32 floats, group k
 // holding column k of rows 0..31 (rows past n are zero).
+//
+// BF16 weights, on a CPU with AVX512-BF16, have a GEMM of their own over pair panels: vdpbf16ps
+// multiplies 16 pairs of bfloat16 by 16 pairs and adds both products to 16 floats, twice the
+// multiply-adds of an FMA per instruction. A pair panel of n <= 32 rows of a [rows, cols] BF16
+// matrix (cols even) is cols / 2 groups of 32 pairs, group p holding columns 2p and 2p + 1 of rows
+// 0..31, column 2p in the low half (rows past n are zero): the 32-bit words of the stored rows,
+// transposed as a float panel's floats are. The tokens are rounded to bfloat16 once per product
+// (scalar::to_bf16), as llama.cpp does for BF16 weights.
 
 #include <cstdint>
 
@@ -25,6 +33,9 @@ constexpr int kPanelRows = 32;
 
 /// Floats in a panel of `cols` columns.
 inline std::int64_t panel_floats(std::int64_t cols) { return cols * kPanelRows; }
+
+/// Pairs in a pair panel of `cols` (even) columns.
+inline std::int64_t pair_panel_pairs(std::int64_t cols) { return cols / 2 * kPanelRows; }
 
 /// Packs n_rows (at most kPanelRows) rows of `cols` floats, row r at rows + r * ld, into panel
 /// ([cols, kPanelRows]).
@@ -44,6 +55,18 @@ inline void pack_panel_from_columns(const float* columns, std::int64_t ld, std::
   for (std::int64_t k = 0; k < cols; ++k) {
     for (std::int64_t r = 0; r < kPanelRows; ++r) {
       panel[k * kPanelRows + r] = r < n_rows ? columns[k * ld + r] : 0.0f;
+    }
+  }
+}
+
+/// Packs n_rows (at most kPanelRows) BF16 rows of `cols` (even) values, row r at rows + r * ld,
+/// into a pair panel ([cols / 2, kPanelRows] pairs).
+inline void pack_pair_panel(const std::uint16_t* rows, std::int64_t ld, std::int64_t n_rows,
+                            std::int64_t cols, std::uint32_t* panel) {
+  for (std::int64_t p = 0; p < cols / 2; ++p) {
+    for (std::int64_t r = 0; r < kPanelRows; ++r) {
+      const std::uint16_t* pair = rows + r * ld + 2 * p;
+      panel[p * kPanelRows + r] = r < n_rows ? pair[0] | std::uint32_t{pair[1]} << 16 : 0;
     }
   }
 }

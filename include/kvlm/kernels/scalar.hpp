@@ -626,6 +626,41 @@ inline void gemm_panel(const float* panel, std::int64_t n_rows, std::int64_t col
   }
 }
 
+/// A token's value as the BF16 GEMM takes it: rounded to bfloat16 as vcvtneps2bf16 rounds, to
+/// nearest even, with subnormals read as zero and NaN kept quiet. x: [n]; out: [n].
+inline void to_bf16(const float* x, std::uint16_t* out, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const bool subnormal = std::fpclassify(x[i]) == FP_SUBNORMAL;
+    out[i] = fp32_to_bf16(subnormal ? std::copysign(0.0f, x[i]) : x[i]);
+  }
+}
+
+/// The BF16 GEMM's twin: y[t * ldy + r] = row r · token t for the n_rows rows of the pair panel
+/// (kernels/panel.hpp: [cols / 2, kPanelRows] pairs); token t's bfloat16 values at x + t * ldx.
+/// Each pair adds the product of its odd columns, then that of its even ones, to the sum, each
+/// rounded to float with subnormals flushed to zero: what vdpbf16ps does on every lane (Intel's
+/// definition, which Zen 4 follows bit for bit). A product of two bfloat16 is exact in float.
+inline void gemm_pair_panel(const std::uint32_t* panel, std::int64_t n_rows, std::int64_t cols,
+                            const std::uint16_t* x, std::int64_t ldx, std::int64_t n_tokens,
+                            float* y, std::int64_t ldy) {
+  const auto flush = [](float v) {
+    return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v;
+  };
+  const auto value = [&](std::uint32_t bits) { return flush(bf16_to_fp32(static_cast<std::uint16_t>(bits))); };
+  for (std::int64_t t = 0; t < n_tokens; ++t) {
+    for (std::int64_t r = 0; r < n_rows; ++r) {
+      float sum = 0.0f;
+      for (std::int64_t p = 0; p < cols / 2; ++p) {
+        const std::uint32_t w = panel[p * kPanelRows + r];
+        const std::uint16_t* xp = x + t * ldx + 2 * p;
+        sum = flush(sum + value(w >> 16) * value(xp[1]));
+        sum = flush(sum + value(w & 0xFFFF) * value(xp[0]));
+      }
+      y[t * ldy + r] = sum;
+    }
+  }
+}
+
 // --- Elementwise math: exp, and what softmax and SwiGLU make of it -----------------------------
 
 /// The constants of exp: x = n ln2 + r, with n = round(x / ln2) and ln2 split in two so that
