@@ -79,11 +79,13 @@ std::vector<kvlm::Token> prompt_of(int prompt_len, int vocab_size) {
   return prompt;
 }
 
+// n_threads: the session's (0: every core).
 void decode(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
             kvlm::CacheMode mode, int n_tokens, int prompt_len = 8,
-            const std::function<void()>& untimed = {}) {
+            const std::function<void()>& untimed = {}, int n_threads = 0) {
   kvlm::SessionOptions options;
   options.cache_mode = mode;
+  options.n_threads = n_threads;
   kvlm::Session session(model, options);
   const std::vector<kvlm::Token> prompt = prompt_of(prompt_len, model->config().vocab_size);
   for (auto _ : state) {
@@ -136,7 +138,7 @@ BENCHMARK(BM_AttentionStep)->RangeMultiplier(2)->Range(64, 8192)->Unit(benchmark
 
 // Sustained read bandwidth: sums a 1 GiB buffer on every core with 4 independent 16-wide
 // accumulators (as ../shared/BENCHMARKS.md measures it); the best of `passes` passes.
-double read_bandwidth(int passes) {
+double read_bandwidth(int passes, int n_threads = kvlm::detail::hardware_threads()) {
   constexpr int kAccumulators = 4, kLanes = 16, kStride = kAccumulators * kLanes;
   constexpr std::int64_t n = (std::int64_t{1} << 30) / sizeof(float);
   static const kvlm::Tensor<float> buffer = [] {
@@ -148,7 +150,7 @@ double read_bandwidth(int passes) {
   double best = 0.0;
   for (int pass = 0; pass < passes; ++pass) {
     const auto start = std::chrono::steady_clock::now();
-    kvlm::detail::parallel_for_rows(n, n, kvlm::detail::hardware_threads(), kStride * 1024,
+    kvlm::detail::parallel_for_rows(n, n, n_threads, kStride * 1024,
                                     [&](std::int64_t begin, std::int64_t end, int thread) {
       float acc[kStride] = {};
       for (std::int64_t i = begin; i < end; i += kStride) {
@@ -201,13 +203,14 @@ std::shared_ptr<const kvlm::Model> stories110m() {
 // minute on this shared machine) and the roofline tok/s it allows beside the result.
 void decode_against_roofline(benchmark::State& state,
                              const std::shared_ptr<const kvlm::Model>& model, int prompt_len,
-                             int n_tokens) {
+                             int n_tokens, int n_threads = 0) {
   double bandwidth_sum = 0.0;
   int probes = 0;
+  const int threads = n_threads > 0 ? n_threads : kvlm::detail::hardware_threads();
   decode(state, model, kvlm::CacheMode::kCached, n_tokens, prompt_len, [&] {
-    bandwidth_sum += read_bandwidth(3);
+    bandwidth_sum += read_bandwidth(3, threads);
     ++probes;
-  });
+  }, n_threads);
   // Bytes a step reads: the weights (all but the embedding table) and the cache so far.
   const kvlm::ModelConfig& c = model->config();
   const double kv_bytes =
@@ -438,12 +441,16 @@ BENCHMARK(BM_PeakBf16)->UseManualTime()->Iterations(1);
 
 // Prefill of a 512-token prompt on the stories110M shape (llama.cpp's pp512), as tok/s and as a
 // fraction of the peak measured above (and of the 8-bit peak, for weights whose prefill runs
-// the integer gemm, and of the bfloat16 peak for BF16 weights on the BF16 GEMM). FLOPs count 2 per weight per token (the classifier's for
-// the last token only) and the causal half of attention's two products.
+// the integer gemm, and of the bfloat16 peak for BF16 weights on the BF16 GEMM). FLOPs count 2
+// per weight per token (the classifier's for the last token only) and the causal half of
+// attention's two products.
+// The peaks are measured on every core; a session on fewer threads is held to their share.
 void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const kvlm::Model>& model,
-                          int n_tokens) {
+                          int n_tokens, int n_threads = 0) {
   const std::vector<kvlm::Token> prompt = prompt_of(n_tokens, model->config().vocab_size);
-  kvlm::Session session(model, kvlm::SessionOptions{});
+  kvlm::SessionOptions options;
+  options.n_threads = n_threads;
+  kvlm::Session session(model, options);
   for (auto _ : state) {
     session.reset();
     benchmark::DoNotOptimize(session.prefill(prompt).data());
@@ -457,19 +464,20 @@ void prefill_against_peak(benchmark::State& state, const std::shared_ptr<const k
   const double attention_flops = 2.0 * 2.0 * c.n_layers * c.n_heads * c.head_dim *
                                  (n_tokens * (n_tokens + 1.0) / 2.0);
   const double flops = weight_flops + attention_flops;
+  const double share = static_cast<double>(session.n_threads()) / kvlm::detail::hardware_threads();
   state.SetItemsProcessed(state.iterations() * n_tokens);
   state.counters["GFLOP_per_s"] =
       benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["fraction_of_peak"] = benchmark::Counter(
-      flops / measure_peak_flops(), benchmark::Counter::kIsIterationInvariantRate);
+      flops / (share * measure_peak_flops()), benchmark::Counter::kIsIterationInvariantRate);
   const kvlm::DType layer_type = model->block(0).w_gate.dtype;
   if (layer_type != kvlm::DType::kF32 && kvlm::kernels::kernels(layer_type).gemm != nullptr) {
     state.counters["fraction_of_int8_peak"] = benchmark::Counter(
-        flops / measure_peak_int8_ops(), benchmark::Counter::kIsIterationInvariantRate);
+        flops / (share * measure_peak_int8_ops()), benchmark::Counter::kIsIterationInvariantRate);
   }
   if (layer_type == kvlm::DType::kBF16 && kvlm::kernels::pair_panel_kernels() != nullptr) {
     state.counters["fraction_of_bf16_peak"] = benchmark::Counter(
-        flops / measure_peak_bf16_flops(), benchmark::Counter::kIsIterationInvariantRate);
+        flops / (share * measure_peak_bf16_flops()), benchmark::Counter::kIsIterationInvariantRate);
   }
   add_context(state, session.n_threads());
 }
@@ -647,7 +655,9 @@ void register_batched_benchmarks() {
 // Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
 // <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M) (scripts/bench-types writes them with random_gguf), each as
 // BM_TypeDecode/<file> (16 tokens after a 128-token prompt, against the bandwidth roofline) and
-// BM_TypePrefill/<file> (512 tokens, against the FMA peak).
+// BM_TypePrefill/<file> (512 tokens, against the FMA peak), on every core; and the same on one
+// thread, against one thread's bandwidth and one core's share of the peaks, as
+// BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
 void register_type_benchmarks() {
   const char* dir = std::getenv("KVLM_BENCH_MODELS");
   if (dir == nullptr || *dir == '\0') return;
@@ -673,6 +683,17 @@ void register_type_benchmarks() {
                                      })
             ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
       }
+      const auto model = variants.front().second;
+      benchmark::RegisterBenchmark(("BM_TypeDecodeOneThread/" + name).c_str(),
+                                   [model](benchmark::State& s) {
+                                     decode_against_roofline(s, model(), 128, 16, 1);
+                                   })
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+      benchmark::RegisterBenchmark(("BM_TypePrefillOneThread/" + name).c_str(),
+                                   [model](benchmark::State& s) {
+                                     prefill_against_peak(s, model(), 512, 1);
+                                   })
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
     }
   }
 }

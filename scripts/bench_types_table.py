@@ -51,6 +51,41 @@ def main(folder, shape, types):
             d, p = rows.get(("BM_TypeDecode", variant)), rows.get(("BM_TypePrefill", variant))
             if d and p:
                 print(table_row(label, d, p, peer_runs))
+    print(f"\nOne thread (the same run and files): decode against one thread's read bandwidth, "
+          "prefill against one core's share of the peaks, and what the second thread adds.\n")
+    print("| type | decode tok/s | of roofline (GB/s) | prefill tok/s | of FMA peak "
+          "| of int8 or bf16 peak | 2 threads / 1, decode | 2 threads / 1, prefill |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in types:
+        name = f"{shape}-{t}"
+        rows = kvlm_rows(load(f"{folder}/{name}-kvlm.json") or {"benchmarks": []})
+        d1 = rows.get(("BM_TypeDecodeOneThread", name))
+        p1 = rows.get(("BM_TypePrefillOneThread", name))
+        d, p = rows.get(("BM_TypeDecode", name)), rows.get(("BM_TypePrefill", name))
+        if d1 and p1 and d and p:
+            cells = [t, f"{d1['items_per_second']:.2f}",
+                     f"{d1['fraction_of_roofline']:.2f} ({d1['GB_per_s']:.0f})",
+                     f"{p1['items_per_second']:.1f}", fma_peak(p1),
+                     special_peak(p1),
+                     f"{d['items_per_second'] / d1['items_per_second']:.2f}x",
+                     f"{p['items_per_second'] / p1['items_per_second']:.2f}x"]
+            print("| " + " | ".join(cells) + " |")
+
+
+def fma_peak(p, suffix=""):
+    """The prefill's fraction of the FMA peak, for the types whose GEMM runs on FMAs."""
+    if p.get("fraction_of_int8_peak") or p.get("fraction_of_bf16_peak"):
+        return "-"
+    return f"{p['fraction_of_peak']:.2f}{suffix}"
+
+
+def special_peak(p):
+    """The prefill's fraction of the int8 or bf16 peak, for the types whose GEMM runs on one."""
+    for kind in ("int8", "bf16"):
+        fraction = p.get(f"fraction_of_{kind}_peak")
+        if fraction:
+            return f"{fraction:.2f} {kind}"
+    return "-"
 
 
 def table_row(label, d, p, peer_runs):
@@ -58,16 +93,11 @@ def table_row(label, d, p, peer_runs):
     cells = [label, f"{d['items_per_second']:.2f}",
              f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
              f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
-             f"{p['fraction_of_peak']:.2f} ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})"]
+             fma_peak(p, f" ({p['GFLOP_per_s'] / p['fraction_of_peak']:.0f})")]
     # Only for the types that prefill with the integer gemm (Q8_0, Q4_0 on AVX-512) or the
     # BF16 GEMM (BF16 on AVX512-BF16).
-    for kind in ("int8", "bf16"):
-        fraction = p.get(f"fraction_of_{kind}_peak")
-        if fraction:
-            cells.append(f"{fraction:.2f} {kind} ({p['GFLOP_per_s'] / fraction:.0f})")
-            break
-    else:
-        cells.append("-")
+    fraction = p.get("fraction_of_int8_peak") or p.get("fraction_of_bf16_peak")
+    cells.append(f"{special_peak(p)} ({p['GFLOP_per_s'] / fraction:.0f})" if fraction else "-")
     best_pp = best_tg = 0.0
     for r in peer_runs:
         if r and r[0] and r[1]:
