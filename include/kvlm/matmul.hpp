@@ -368,7 +368,9 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       kernels::prepare_interleaved(scratch.quantized(t), x.cols(),
                                    scratch.interleaved() + t * (x.cols() / BlockQ8_0::kSize));
     }
-    if (bf16) kernels::pair_panel_kernels()->to_bf16(x.row(t), scratch.bf16() + t * x.cols(), x.cols());
+    if (bf16) {
+      kernels::pair_panel_kernels()->to_bf16(x.row(t), scratch.bf16() + t * x.cols(), x.cols());
+    }
   }
   detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
                             [&](std::int64_t begin, std::int64_t end, int thread) {

@@ -1228,7 +1228,7 @@ KVLM_TARGET_AVX512 inline void gemm_panel(const float* panel, std::int64_t n_row
   }
 }
 
-// --- The BF16 GEMM over pair panels (layout in kernels/panel.hpp) -------------------------------
+// --- The BF16 GEMM over pair panels (layout in kernels/panel.hpp) ------------------------------
 // As the float GEMM, with vdpbf16ps in place of the FMA: each token broadcasts a pair of its
 // bfloat16 values, and one instruction adds two columns' products to 16 rows' sums.
 

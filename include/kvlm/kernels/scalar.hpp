@@ -646,7 +646,9 @@ inline void gemm_pair_panel(const std::uint32_t* panel, std::int64_t n_rows, std
   const auto flush = [](float v) {
     return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v;
   };
-  const auto value = [&](std::uint32_t bits) { return flush(bf16_to_fp32(static_cast<std::uint16_t>(bits))); };
+  const auto value = [&](std::uint32_t bits) {
+    return flush(bf16_to_fp32(static_cast<std::uint16_t>(bits)));
+  };
   for (std::int64_t t = 0; t < n_tokens; ++t) {
     for (std::int64_t r = 0; r < n_rows; ++r) {
       float sum = 0.0f;
