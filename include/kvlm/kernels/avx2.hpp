@@ -840,7 +840,8 @@ KVLM_TARGET_AVX2 inline void silu_mul(float* gate, const float* up, std::int64_t
   for (std::int64_t i = 0; i < n; i += 8) {
     const __m256i m = first_lanes(n - i);
     const __m256 g = _mm256_maskload_ps(gate + i, m);
-    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    const __m256 e = exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    const __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
     _mm256_maskstore_ps(gate + i, m, _mm256_mul_ps(silu, _mm256_maskload_ps(up + i, m)));
   }
 }

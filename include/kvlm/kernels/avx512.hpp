@@ -1344,7 +1344,8 @@ KVLM_TARGET_AVX512 inline void silu_mul(float* gate, const float* up, std::int64
   for (std::int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = first_lanes(std::min<std::int64_t>(16, n - i));
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
-    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    const __m512 e = exp(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
     _mm512_mask_storeu_ps(gate + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, up + i)));
   }
 }

@@ -65,8 +65,8 @@ inline void pack_pair_panel(const std::uint16_t* rows, std::int64_t ld, std::int
                             std::int64_t cols, std::uint32_t* panel) {
   for (std::int64_t p = 0; p < cols / 2; ++p) {
     for (std::int64_t r = 0; r < kPanelRows; ++r) {
-      const std::uint16_t* pair = rows + r * ld + 2 * p;
-      panel[p * kPanelRows + r] = r < n_rows ? pair[0] | std::uint32_t{pair[1]} << 16 : 0;
+      const std::int64_t i = r * ld + 2 * p;  // row r's columns 2p and 2p + 1
+      panel[p * kPanelRows + r] = r < n_rows ? rows[i] | std::uint32_t{rows[i + 1]} << 16 : 0;
     }
   }
 }
