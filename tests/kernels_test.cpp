@@ -1043,6 +1043,85 @@ TEST(KernelsVector, EachPathMatchesTheScalarTwin) {
   }
 }
 
+TEST(KernelsAttention, ScalarTwinsMatchDoublePrecision) {
+  // Two query rows against three cached rows of 5 floats, 7 apart; the second query row 6 apart.
+  const std::vector<float> q = random_floats(11, 900), rows = random_floats(19, 901);
+  std::vector<float> s(2 * 4, -1.0f);
+  scalar::scores(q.data(), 6, 2, rows.data(), 7, 3, 5, 0.5f, s.data(), 4);
+  for (int g = 0; g < 2; ++g) {
+    for (int t = 0; t < 3; ++t) {
+      double dot = 0.0;
+      for (int c = 0; c < 5; ++c) dot += double{q[g * 6 + c]} * rows[t * 7 + c];
+      EXPECT_NEAR(s[g * 4 + t], 0.5 * dot, 1e-6);
+    }
+    EXPECT_EQ(s[g * 4 + 3], -1.0f);  // past the rows
+  }
+  const std::vector<float> out0 = random_floats(2 * 6, 902);
+  std::vector<float> out = out0;
+  scalar::add_weighted_rows(s.data(), 4, 2, rows.data(), 7, 3, 5, out.data(), 6);
+  for (int g = 0; g < 2; ++g) {
+    for (int c = 0; c < 6; ++c) {
+      double expected = out0[g * 6 + c];
+      for (int t = 0; t < 3 && c < 5; ++t) expected += double{s[g * 4 + t]} * rows[t * 7 + c];
+      EXPECT_NEAR(out[g * 6 + c], expected, 1e-5) << g << " " << c;  // column 5 untouched
+    }
+  }
+}
+
+TEST(KernelsAttention, EachPathMatchesTheScalarTwin) {
+  // Query rows (a KV head's group) around the 4 the kernels take at a time, cached rows around
+  // the 4 scores take, and head sizes around both vector widths and the 64 columns of a tile.
+  for (Simd simd : supported_paths()) {
+    const AttentionKernels* k = attention_kernels(simd);
+    if (k == nullptr) continue;  // the scalar path runs them on Eigen
+    for (std::int64_t cols : {6, 8, 12, 16, 20, 64, 72, 128}) {
+      for (std::int64_t n_q : {1, 2, 3, 4, 5, 8}) {
+        for (std::int64_t n_rows : {1, 3, 4, 5, 64}) {
+          SCOPED_TRACE(std::string(to_string(simd)) + " cols " + std::to_string(cols) + " n_q " +
+                       std::to_string(n_q) + " n_rows " + std::to_string(n_rows));
+          const std::int64_t ldq = cols + 3, ld = 2 * cols + 5, lds = n_rows + 2, ldo = cols + 1;
+          const auto seed = static_cast<std::uint32_t>(cols * 1000 + n_q * 100 + n_rows);
+          const std::vector<float> q = random_floats(static_cast<std::size_t>(n_q * ldq), seed);
+          const auto n_cached = static_cast<std::size_t>(n_rows * ld);
+          const std::vector<float> rows = random_floats(n_cached, seed + 1);
+          const float scale = 0.125f;
+          std::vector<float> expected(static_cast<std::size_t>(n_q * lds), -7.0f), got = expected;
+          scalar::scores(q.data(), ldq, n_q, rows.data(), ld, n_rows, cols, scale, expected.data(),
+                         lds);
+          k->scores(q.data(), ldq, n_q, rows.data(), ld, n_rows, cols, scale, got.data(), lds);
+          for (std::int64_t g = 0; g < n_q; ++g) {
+            for (std::int64_t t = 0; t < lds; ++t) {
+              const std::size_t i = static_cast<std::size_t>(g * lds + t);
+              if (t >= n_rows) {
+                ASSERT_EQ(got[i], -7.0f) << "wrote past the rows";
+                continue;
+              }
+              double magnitude = 0.0;
+              for (std::int64_t c = 0; c < cols; ++c) {
+                magnitude += std::abs(double{q[g * ldq + c]} * rows[t * ld + c]);
+              }
+              ASSERT_NEAR(got[i], expected[i], order_tolerance(cols) * scale * magnitude)
+                  << "row " << g << " position " << t;
+            }
+          }
+          // The scores as softmax numerators, then the outputs they weight, added to what is there.
+          const std::vector<float> p = random_floats(expected.size(), seed + 2);
+          const auto n_out = static_cast<std::size_t>(n_q * ldo);
+          std::vector<float> out_expected = random_floats(n_out, seed + 3);
+          std::vector<float> out_got = out_expected;
+          scalar::add_weighted_rows(p.data(), lds, n_q, rows.data(), ld, n_rows, cols,
+                                    out_expected.data(), ldo);
+          k->add_weighted_rows(p.data(), lds, n_q, rows.data(), ld, n_rows, cols, out_got.data(),
+                               ldo);
+          for (std::size_t i = 0; i < out_got.size(); ++i) {
+            ASSERT_EQ(ulps_apart(out_got[i], out_expected[i]), 0) << "element " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsGemv, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {
   // The SIMD gemvs prefetch the next group of rows on matrices of 4 MiB and more.
   const std::int64_t cols = 1024;

@@ -846,6 +846,100 @@ KVLM_TARGET_AVX2 inline void silu_mul(float* gate, const float* up, std::int64_t
   }
 }
 
+// --- One token's attention: a KV head's query heads against its cached rows ---------------------
+// As kernels/avx512.hpp's: scores four rows at a time; weighted rows keep kWeightedQueries query
+// heads x 32 columns of outputs in registers while the rows stream past.
+
+constexpr int kWeightedQueries = 2;
+
+// The sums of a's, b's, c's and d's lanes, in that order.
+KVLM_TARGET_AVX2 inline __m128 horizontal_sums(__m256 a, __m256 b, __m256 c, __m256 d) {
+  // Within each 128-bit lane, pairs added: [a, a, b, b] then [a, b, c, d]; then the two lanes.
+  const __m256 v = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+}
+
+/// scalar::scores, within a dot product's rounding.
+KVLM_TARGET_AVX2 inline void scores(const float* q, std::int64_t ldq, std::int64_t n_q,
+                                    const float* rows, std::int64_t ld, std::int64_t n_rows,
+                                    std::int64_t cols, float scale, float* s, std::int64_t lds) {
+  const __m128 scale_v = _mm_set1_ps(scale);
+  const __m256i tail = first_lanes(cols % 8);
+  for (std::int64_t t = 0; t < n_rows; t += 4) {
+    // Rows t .. t + 3; past the last row, the last row again, its sums not stored.
+    const std::int64_t n = std::min<std::int64_t>(4, n_rows - t);
+    const float* row[4];
+    for (int i = 0; i < 4; ++i) row[i] = rows + (t + std::min<std::int64_t>(i, n - 1)) * ld;
+    for (std::int64_t g = 0; g < n_q; ++g) {
+      const float* x = q + g * ldq;
+      __m256 acc[4];
+      KVLM_UNROLL_AVX2 for (int i = 0; i < 4; ++i) acc[i] = _mm256_setzero_ps();
+      std::int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        const __m256 xc = _mm256_loadu_ps(x + c);
+        KVLM_UNROLL_AVX2 for (int i = 0; i < 4; ++i) {
+          acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(row[i] + c), xc, acc[i]);
+        }
+      }
+      if (c < cols) {
+        const __m256 xc = _mm256_maskload_ps(x + c, tail);
+        KVLM_UNROLL_AVX2 for (int i = 0; i < 4; ++i) {
+          acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(row[i] + c, tail), xc, acc[i]);
+        }
+      }
+      alignas(16) float sums[4];
+      _mm_store_ps(sums, _mm_mul_ps(horizontal_sums(acc[0], acc[1], acc[2], acc[3]), scale_v));
+      for (int i = 0; i < n; ++i) s[g * lds + t + i] = sums[i];
+    }
+  }
+}
+
+// Query heads [0, kQueries) of add_weighted_rows, over columns [c, c + 32).
+template <int kQueries>
+KVLM_TARGET_AVX2 inline void add_weighted_rows_tile(const float* p, std::int64_t ldp,
+                                                    const float* rows, std::int64_t ld,
+                                                    std::int64_t n_rows, std::int64_t cols,
+                                                    std::int64_t c, float* out, std::int64_t ldo) {
+  __m256i m[4];
+  __m256 acc[kQueries][4];
+  KVLM_UNROLL_AVX2 for (int j = 0; j < 4; ++j) {
+    m[j] = first_lanes(cols - c - 8 * j);
+    KVLM_UNROLL_AVX2 for (int g = 0; g < kQueries; ++g) {
+      acc[g][j] = _mm256_maskload_ps(out + g * ldo + c + 8 * j, m[j]);
+    }
+  }
+  for (std::int64_t t = 0; t < n_rows; ++t) {
+    KVLM_UNROLL_AVX2 for (int j = 0; j < 4; ++j) {
+      const __m256 v = _mm256_maskload_ps(rows + t * ld + c + 8 * j, m[j]);
+      KVLM_UNROLL_AVX2 for (int g = 0; g < kQueries; ++g) {
+        acc[g][j] = _mm256_fmadd_ps(_mm256_set1_ps(p[g * ldp + t]), v, acc[g][j]);
+      }
+    }
+  }
+  KVLM_UNROLL_AVX2 for (int j = 0; j < 4; ++j) {
+    KVLM_UNROLL_AVX2 for (int g = 0; g < kQueries; ++g) {
+      _mm256_maskstore_ps(out + g * ldo + c + 8 * j, m[j], acc[g][j]);
+    }
+  }
+}
+
+/// scalar::add_weighted_rows, bit for bit.
+KVLM_TARGET_AVX2 inline void add_weighted_rows(const float* p, std::int64_t ldp, std::int64_t n_q,
+                                               const float* rows, std::int64_t ld,
+                                               std::int64_t n_rows, std::int64_t cols, float* out,
+                                               std::int64_t ldo) {
+  for (std::int64_t g = 0; g < n_q; g += kWeightedQueries) {
+    const float* pg = p + g * ldp;
+    float* og = out + g * ldo;
+    for (std::int64_t c = 0; c < cols; c += 32) {
+      if (n_q - g == 1) {
+        add_weighted_rows_tile<1>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo);
+      } else {
+        add_weighted_rows_tile<2>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo);
+      }
+    }
+  }
+}
 }  // namespace kvlm::kernels::avx2
 
 #undef KVLM_TARGET_AVX2  // the attribute belongs to these definitions, not to the host

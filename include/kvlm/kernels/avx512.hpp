@@ -1350,6 +1350,115 @@ KVLM_TARGET_AVX512 inline void silu_mul(float* gate, const float* up, std::int64
   }
 }
 
+// --- One token's attention: a KV head's query heads against its cached rows ---------------------
+// attention() calls these on a tile of rows it has just copied (or converted) into cache, so they
+// read L1/L2. Scores take four rows at a time, one accumulator each, summed together at the end;
+// weighted rows keep kWeightedQueries query heads x 64 columns of outputs in registers while the
+// rows stream past, each row's vector loaded once for all of them.
+
+constexpr int kWeightedQueries = 4;
+
+// The lanes of [c, c + 16) that fall below cols.
+inline __mmask16 lanes_below(std::int64_t cols, std::int64_t c) {
+  return first_lanes(std::clamp<std::int64_t>(cols - c, 0, 16));
+}
+
+// The sums of a's, b's, c's and d's lanes, in that order.
+KVLM_TARGET_AVX512 inline __m128 horizontal_sums(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // Within each 128-bit lane: ab = [a0 + a2, b0 + b2, a1 + a3, b1 + b3], likewise cd; then the
+  // partial sums of a, b, c and d in turn; then the four 128-bit lanes added together.
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  __m512 v = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(v);
+}
+
+/// scalar::scores, within a dot product's rounding.
+KVLM_TARGET_AVX512 inline void scores(const float* q, std::int64_t ldq, std::int64_t n_q,
+                                      const float* rows, std::int64_t ld, std::int64_t n_rows,
+                                      std::int64_t cols, float scale, float* s, std::int64_t lds) {
+  const __m128 scale_v = _mm_set1_ps(scale);
+  const __mmask16 tail = first_lanes(cols % 16);
+  for (std::int64_t t = 0; t < n_rows; t += 4) {
+    // Rows t .. t + 3; past the last row, the last row again, its sums not stored.
+    const std::int64_t n = std::min<std::int64_t>(4, n_rows - t);
+    const float* row[4];
+    for (int i = 0; i < 4; ++i) row[i] = rows + (t + std::min<std::int64_t>(i, n - 1)) * ld;
+    for (std::int64_t g = 0; g < n_q; ++g) {
+      const float* x = q + g * ldq;
+      __m512 acc[4];
+      KVLM_UNROLL for (int i = 0; i < 4; ++i) acc[i] = _mm512_setzero_ps();
+      std::int64_t c = 0;
+      for (; c + 16 <= cols; c += 16) {
+        const __m512 xc = _mm512_loadu_ps(x + c);
+        KVLM_UNROLL for (int i = 0; i < 4; ++i) {
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(row[i] + c), xc, acc[i]);
+        }
+      }
+      if (c < cols) {
+        const __m512 xc = _mm512_maskz_loadu_ps(tail, x + c);
+        KVLM_UNROLL for (int i = 0; i < 4; ++i) {
+          acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, row[i] + c), xc, acc[i]);
+        }
+      }
+      const __m128 sums = _mm_mul_ps(horizontal_sums(acc[0], acc[1], acc[2], acc[3]), scale_v);
+      _mm_mask_storeu_ps(s + g * lds + t, static_cast<__mmask8>(first_lanes(n)), sums);
+    }
+  }
+}
+
+// Query heads [0, kQueries) of add_weighted_rows, over columns [c, c + 64).
+template <int kQueries>
+KVLM_TARGET_AVX512 inline void add_weighted_rows_tile(const float* p, std::int64_t ldp,
+                                                      const float* rows, std::int64_t ld,
+                                                      std::int64_t n_rows, std::int64_t cols,
+                                                      std::int64_t c, float* out,
+                                                      std::int64_t ldo) {
+  __mmask16 m[4];
+  __m512 acc[kQueries][4];
+  KVLM_UNROLL for (int j = 0; j < 4; ++j) {
+    m[j] = lanes_below(cols, c + 16 * j);
+    KVLM_UNROLL for (int g = 0; g < kQueries; ++g) {
+      acc[g][j] = _mm512_maskz_loadu_ps(m[j], out + g * ldo + c + 16 * j);
+    }
+  }
+  for (std::int64_t t = 0; t < n_rows; ++t) {
+    KVLM_UNROLL for (int j = 0; j < 4; ++j) {
+      const __m512 v = _mm512_maskz_loadu_ps(m[j], rows + t * ld + c + 16 * j);
+      KVLM_UNROLL for (int g = 0; g < kQueries; ++g) {
+        acc[g][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * ldp + t]), v, acc[g][j]);
+      }
+    }
+  }
+  KVLM_UNROLL for (int j = 0; j < 4; ++j) {
+    KVLM_UNROLL for (int g = 0; g < kQueries; ++g) {
+      _mm512_mask_storeu_ps(out + g * ldo + c + 16 * j, m[j], acc[g][j]);
+    }
+  }
+}
+
+/// scalar::add_weighted_rows, bit for bit.
+KVLM_TARGET_AVX512 inline void add_weighted_rows(const float* p, std::int64_t ldp,
+                                                 std::int64_t n_q, const float* rows,
+                                                 std::int64_t ld, std::int64_t n_rows,
+                                                 std::int64_t cols, float* out,
+                                                 std::int64_t ldo) {
+  for (std::int64_t g = 0; g < n_q; g += kWeightedQueries) {
+    const float* pg = p + g * ldp;
+    float* og = out + g * ldo;
+    for (std::int64_t c = 0; c < cols; c += 64) {
+      switch (std::min<std::int64_t>(kWeightedQueries, n_q - g)) {
+        case 1: add_weighted_rows_tile<1>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo); break;
+        case 2: add_weighted_rows_tile<2>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo); break;
+        case 3: add_weighted_rows_tile<3>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo); break;
+        default: add_weighted_rows_tile<4>(pg, ldp, rows, ld, n_rows, cols, c, og, ldo); break;
+      }
+    }
+  }
+}
 }  // namespace kvlm::kernels::avx512
 
 #if defined(__GNUC__) && !defined(__clang__)

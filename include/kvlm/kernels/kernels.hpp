@@ -338,6 +338,27 @@ inline const PairPanelKernels* pair_panel_kernels(Simd simd = active_simd()) {
   return simd == Simd::kAvx512 && detail::cpu_features().avx512_bf16 ? &kAvx512 : nullptr;
 }
 
+/// A path's products for one token's attention (scalar::scores, scalar::add_weighted_rows): a
+/// KV head's query heads (q: [n_q, cols], ldq apart) against a tile of its cached rows (n_rows
+/// rows of cols floats, ld apart). scores matches its twin within a dot product's rounding,
+/// add_weighted_rows bit for bit. Null on the scalar path, whose products run on Eigen compiled
+/// for the host, as for panel_kernels.
+struct AttentionKernels {
+  void (*scores)(const float* q, std::int64_t ldq, std::int64_t n_q, const float* rows,
+                 std::int64_t ld, std::int64_t n_rows, std::int64_t cols, float scale, float* s,
+                 std::int64_t lds);
+  void (*add_weighted_rows)(const float* p, std::int64_t ldp, std::int64_t n_q, const float* rows,
+                            std::int64_t ld, std::int64_t n_rows, std::int64_t cols, float* out,
+                            std::int64_t ldo);
+};
+
+/// @throws Error(kInvalidArgument) if the CPU cannot run simd.
+inline const AttentionKernels* attention_kernels(Simd simd = active_simd()) {
+  static constexpr AttentionKernels kAvx2{avx2::scores, avx2::add_weighted_rows};
+  static constexpr AttentionKernels kAvx512{avx512::scores, avx512::add_weighted_rows};
+  return detail::vector_only(simd, kAvx2, kAvx512);
+}
+
 /// A path's elementwise math: exp_shifted and silu_mul, bit for bit scalar::exp_shifted and
 /// scalar::silu_mul (whose exp is within 1 ulp of e^x). Null on the scalar path, whose ops run
 /// on Eigen compiled for the host, as for panel_kernels.

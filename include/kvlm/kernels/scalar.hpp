@@ -663,6 +663,40 @@ inline void gemm_pair_panel(const std::uint32_t* panel, std::int64_t n_rows, std
   }
 }
 
+// --- One token's attention: a KV head's query heads against its cached rows ---------------------
+
+/// s[g * lds + t] = scale * (q_g · row_t) for g < n_q and t < n_rows, with q_g at q + g * ldq and
+/// row_t at rows + t * ld, cols floats each. The SIMD kernels sum in another order, so they
+/// match it within a dot product's rounding.
+inline void scores(const float* q, std::int64_t ldq, std::int64_t n_q, const float* rows,
+                   std::int64_t ld, std::int64_t n_rows, std::int64_t cols, float scale, float* s,
+                   std::int64_t lds) {
+  for (std::int64_t g = 0; g < n_q; ++g) {
+    for (std::int64_t t = 0; t < n_rows; ++t) {
+      float dot = 0.0f;
+      for (std::int64_t c = 0; c < cols; ++c) dot += q[g * ldq + c] * rows[t * ld + c];
+      s[g * lds + t] = scale * dot;
+    }
+  }
+}
+
+/// out[g * ldo + c] += sum over t < n_rows of p[g * ldp + t] * row_t[c], for g < n_q and
+/// c < cols, row_t at rows + t * ld: the rows in order, one fused multiply-add each, as every
+/// lane of the SIMD kernels does: they match it bit for bit.
+inline void add_weighted_rows(const float* p, std::int64_t ldp, std::int64_t n_q,
+                              const float* rows, std::int64_t ld, std::int64_t n_rows,
+                              std::int64_t cols, float* out, std::int64_t ldo) {
+  for (std::int64_t g = 0; g < n_q; ++g) {
+    for (std::int64_t c = 0; c < cols; ++c) {
+      float sum = out[g * ldo + c];
+      for (std::int64_t t = 0; t < n_rows; ++t) {
+        sum = std::fma(p[g * ldp + t], rows[t * ld + c], sum);
+      }
+      out[g * ldo + c] = sum;
+    }
+  }
+}
+
 // --- Elementwise math: exp, and what softmax and SwiGLU make of it -----------------------------
 
 /// The constants of exp: x = n ln2 + r, with n = round(x / ln2) and ln2 split in two so that
