@@ -118,7 +118,7 @@ void BM_AttentionStep(benchmark::State& state) {
   const int n_threads = kvlm::detail::hardware_threads();
   kvlm::Tensor<float> q({1, shape.n_heads * shape.head_dim});
   kvlm::Tensor<float> keys({n_ctx, kv_dim}), values({n_ctx, kv_dim});
-  kvlm::AttentionScratch scratch(n_threads, shape.group(), kv_dim, kvlm::DType::kF32);
+  kvlm::AttentionScratch scratch(n_threads, shape);
   kvlm::Tensor<float> out({1, shape.n_heads * shape.head_dim});
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);

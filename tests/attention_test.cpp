@@ -57,9 +57,11 @@ void PrintTo(const Call& c, std::ostream* os) {
 const HeadLayout kLayouts[] = {
     {"Mha", 8, 8, 64}, {"Gqa", 8, 2, 64}, {"Mqa", 8, 1, 64}, {"SmallHeads", 8, 4, 8}};
 // A decode step, a batch, a decode step late enough that 8 heads * 301 positions * 64 * 2
-// multiply-adds exceed kMinParallelWork, so two threads really split the heads, and batches of
-// several query tiles (64 rows) over several position tiles (64), from position 0 and mid-tile.
-const Call kCalls[] = {{1, 37}, {12, 5}, {1, 300}, {150, 100}, {70, 0}};
+// multiply-adds exceed kMinParallelWork, so two threads really split its three chunks of
+// positions, one long enough for chunks of three tiles (beyond kMaxChunks chunks of two), and
+// batches of several query tiles (64 rows) over several position tiles (64), from position 0 and
+// mid-tile.
+const Call kCalls[] = {{1, 37}, {12, 5}, {1, 300}, {1, 8300}, {150, 100}, {70, 0}};
 
 std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
   std::mt19937 rng(seed);
@@ -95,11 +97,15 @@ TEST_P(AttentionVsPlainLoop, Matches) {
     // Rows past the last visible position must never be read: all bits set is NaN in every type.
     std::fill(rows.row(n_ctx), rows.row(cache_rows), std::byte{0xFF});
   }
-  AttentionScratch scratch(n_threads, shape.group(), kv_dim, cache_type);
+  AttentionScratch scratch(n_threads, shape);
   for (int t = 0; t < n_threads; ++t) {  // nothing may be read before it is written
-    const std::int64_t rows = AttentionScratch::pass_rows(shape.group());
+    const std::int64_t rows = AttentionScratch::query_rows(shape);
     std::fill_n(scratch.scores(t), rows * AttentionScratch::kTilePositions, nan);
-    std::fill_n(scratch.stats(t), rows * 2, nan);
+    std::fill_n(scratch.stats(t), AttentionScratch::kTileQueries * 2, nan);
+  }
+  for (std::int64_t c = 0; c < AttentionScratch::kMaxChunks; ++c) {
+    std::fill_n(scratch.chunk_output(c), shape.q_dim(), nan);
+    std::fill_n(scratch.chunk_stats(c), shape.n_heads * 2, nan);
   }
   Tensor<float> out({n_tokens, q_dim});
   std::fill(out.data(), out.data() + out.size(), nan);  // every element must be written
@@ -150,6 +156,32 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(call.start_pos) + "_threads" + std::to_string(std::get<2>(info.param)) +
              "_" + to_string(std::get<3>(info.param));
     });
+
+// A decode step splits its positions into chunks whatever the thread count, so one, two and
+// three threads (three chunks at position 300, one thread with two of them) give the same bits.
+TEST(AttentionStep, SameBitsOnAnyThreadCount) {
+  const AttentionShape shape{8, 2, 64};
+  for (int start_pos : {300, 8300}) {
+    const int n_ctx = start_pos + 1;
+    const std::vector<float> q = random_floats(static_cast<std::size_t>(shape.q_dim()), 11);
+    const auto n_cached = static_cast<std::size_t>(n_ctx * shape.kv_dim());
+    const std::vector<float> k = random_floats(n_cached, 12);
+    const std::vector<float> v = random_floats(k.size(), 13);
+    KVCache cache({1, n_ctx, shape.n_kv_heads, shape.head_dim, DType::kF32});
+    cache.keys(0).store(0, TensorView<const float>(k.data(), {n_ctx, shape.kv_dim()}));
+    cache.values(0).store(0, TensorView<const float>(v.data(), {n_ctx, shape.kv_dim()}));
+    std::vector<std::vector<float>> outs;
+    for (int n_threads : {1, 2, 3}) {
+      AttentionScratch scratch(n_threads, shape);
+      Tensor<float> out({1, shape.q_dim()});
+      attention(TensorView<const float>(q.data(), {1, shape.q_dim()}), cache.keys(0),
+                cache.values(0), shape, start_pos, scratch, out.view(), n_threads);
+      outs.emplace_back(out.data(), out.data() + out.size());
+    }
+    EXPECT_EQ(outs[0], outs[1]) << "position " << start_pos;
+    EXPECT_EQ(outs[0], outs[2]) << "position " << start_pos;
+  }
+}
 
 // --- GQA == MHA with repeated K/V heads, on a whole model ---------------------------------------
 

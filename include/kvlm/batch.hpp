@@ -47,8 +47,7 @@ class Batcher {
       : model_(checked(std::move(model), options)),
         options_(options),
         n_threads_(options.n_threads > 0 ? options.n_threads : detail::hardware_threads()),
-        // Tiles for converting narrow caches: sessions of any cache type may share the batcher.
-        scratch_(*model_, options.max_rows, n_threads_, DType::kF16, options.max_rows),
+        scratch_(*model_, options.max_rows, n_threads_, options.max_rows),
         worker_([this] { work(); }) {}
 
   Batcher(const Batcher&) = delete;

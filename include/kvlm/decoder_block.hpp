@@ -38,12 +38,17 @@ struct BlockWeights {
   std::array<WeightView*, 7> matrices() { return {&wq, &wk, &wv, &wo, &w_gate, &w_down, &w_up}; }
 };
 
+/// The heads of a model's attention.
+inline AttentionShape attention_shape(const ModelConfig& c) {
+  return {c.n_heads, c.n_kv_heads, c.head_dim};
+}
+
 /// Activations for a batch of up to max_batch rows, allocated once per session or batcher.
 /// Attention's activations (q, k, v, att) and the MLP's (gate, up) are never live at once, so
 /// they share one buffer: on tinyllama-1.1b's shape that is 22 MiB at 512 rows instead of 31.
 struct BlockScratch {
   /// matmul_uses: what the model's products need of the matmul scratch (MatmulScratch::Uses).
-  BlockScratch(const ModelConfig& config, int max_batch, int n_threads, DType cache_type,
+  BlockScratch(const ModelConfig& config, int max_batch, int n_threads,
                const MatmulScratch::Uses& matmul_uses)
       : shared({max_batch, shared_floats(config)}),
         xb({max_batch, config.dim}),
@@ -53,14 +58,14 @@ struct BlockScratch {
         att(v.data() + v.size(), {max_batch, config.q_dim()}),
         gate(shared.data(), {max_batch, config.hidden_dim}),
         up(gate.data() + gate.size(), {max_batch, config.hidden_dim}),
-        attention(n_threads, config.group(), config.kv_dim(), cache_type),
+        attention(n_threads, attention_shape(config)),
         matmul(max_batch, matmul_uses, n_threads) {}
 
   /// What the constructor allocates, in bytes.
   static std::size_t bytes_needed(const ModelConfig& config, int max_batch, int n_threads,
-                                  DType cache_type, const MatmulScratch::Uses& matmul_uses) {
+                                  const MatmulScratch::Uses& matmul_uses) {
     return static_cast<std::size_t>(max_batch) * (config.dim + shared_floats(config)) * sizeof(float) +
-           AttentionScratch::bytes_needed(n_threads, config.group(), config.kv_dim(), cache_type) +
+           AttentionScratch::bytes_needed(n_threads, attention_shape(config)) +
            MatmulScratch::bytes_needed(max_batch, matmul_uses, n_threads);
   }
 
@@ -81,7 +86,7 @@ struct BlockScratch {
   TensorView<float> att;   // [max_batch, n_heads * head_dim]
   TensorView<float> gate;  // [max_batch, hidden_dim], over q, k, v and att
   TensorView<float> up;    // [max_batch, hidden_dim]
-  AttentionScratch attention;  // per thread: one tile's scores, softmax stats, converted rows
+  AttentionScratch attention;  // per thread: a tile's scores and rows; per chunk: a step's outputs
   MatmulScratch matmul;  // quantized activations and dequantized weight tiles
 };
 
@@ -111,7 +116,7 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int 
 
   rms_norm(x, w.attn_norm, config.norm_eps, xb);
   matmul(xb, {{w.wq, q}, {w.wk, k}, {w.wv, v}}, scratch.matmul, n_threads);
-  const AttentionShape shape{config.n_heads, config.n_kv_heads, config.head_dim};
+  const AttentionShape shape = attention_shape(config);
   for (const SequenceRows& s : sequences) {
     KVLM_ASSERT(s.row + s.n <= n);
     auto q_s = q.rows_slice(s.row, s.n), k_s = k.rows_slice(s.row, s.n);

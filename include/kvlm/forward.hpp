@@ -63,22 +63,20 @@ inline MatmulScratch::Uses matmul_uses(const Model& model, int max_rows) {
 struct ForwardScratch {
   /// logit_rows: rows of gathered logits for passes over several sequences (0 when every pass
   /// has one sequence, whose logits the classifier writes in place).
-  ForwardScratch(const Model& model, int max_rows, int n_threads, DType cache_type, int logit_rows)
+  ForwardScratch(const Model& model, int max_rows, int n_threads, int logit_rows)
       : x({max_rows, model.config().dim}),
-        block(model.config(), max_rows, n_threads, cache_type, matmul_uses(model, max_rows)),
+        block(model.config(), max_rows, n_threads, matmul_uses(model, max_rows)),
         logits(logit_rows > 0 ? Tensor<float>({logit_rows, model.config().vocab_size})
                               : Tensor<float>()) {
     sequences.reserve(static_cast<std::size_t>(max_rows));
   }
 
   /// byte_size() of a scratch constructed with these arguments, without constructing it.
-  static std::size_t bytes_needed(const Model& model, int max_rows, int n_threads,
-                                  DType cache_type, int logit_rows) {
+  static std::size_t bytes_needed(const Model& model, int max_rows, int n_threads, int logit_rows) {
     const ModelConfig& c = model.config();
     const auto rows = static_cast<std::size_t>(max_rows);
     return rows * static_cast<std::size_t>(c.dim) * sizeof(float) +
-           BlockScratch::bytes_needed(c, max_rows, n_threads, cache_type,
-                                      matmul_uses(model, max_rows)) +
+           BlockScratch::bytes_needed(c, max_rows, n_threads, matmul_uses(model, max_rows)) +
            static_cast<std::size_t>(logit_rows) * static_cast<std::size_t>(c.vocab_size) * sizeof(float) +
            rows * sizeof(SequenceRows);
   }

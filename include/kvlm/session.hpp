@@ -355,7 +355,7 @@ class Session {
         cache_({config_.n_layers, max_seq_len_, config_.n_kv_heads, config_.head_dim,
                 options_.kv_type}),
         rope_table_(config_.head_dim, max_seq_len_, config_.rope_theta),
-        scratch_(*model_, batch_, scratch_threads(options_), options_.kv_type, 0),
+        scratch_(*model_, batch_, scratch_threads(options_), 0),
         logits_({config_.vocab_size}),
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
@@ -647,7 +647,7 @@ inline std::size_t Session::bytes_needed(const Model& model, const SessionOption
                       row_bytes(o.kv_type, c.kv_dim());         // the KV cache
   bytes += f32(seq * c.head_dim);                               // RoPE table
   bytes += ForwardScratch::bytes_needed(model, static_cast<int>(batch), static_cast<int>(threads),
-                                        o.kv_type, 0);          // activations
+                                        0);                     // activations
   bytes += f32(c.vocab_size);                                   // logits
   bytes += static_cast<std::size_t>(seq) * sizeof(Token);       // tokens
   bytes += GenerateOptions::kMaxTopLogprobs * sizeof(TokenLogprob);  // top alternatives
