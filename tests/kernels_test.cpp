@@ -1,10 +1,11 @@
 // kernels: the scalar reference against hand-computed values and double precision, and every
 // SIMD path this CPU has against the scalar reference: gemv and gemv_f32 within a named
 // tolerance, to_float and quantize_activation(_k) bit for bit, on random and extreme blocks; the
-// float GEMM and the elementwise math (exp within 1 ulp) bit for bit against their scalar twins. The
-// K types also against an independent decoding of ggml's byte layout and llama.cpp's own files,
-// and their quantizers' round-trip error. Also the fp16 conversions against the hardware's, and
-// the KVLM_SIMD choice.
+// float GEMM and the elementwise math (exp within 1 ulp) bit for bit against their scalar twins,
+// one token's attention products within a dot product's rounding (scores) and bit for bit
+// (weighted rows). The K types also against an independent decoding of ggml's byte layout and
+// llama.cpp's own files, and their quantizers' round-trip error. Also the fp16 conversions
+// against the hardware's, and the KVLM_SIMD choice.
 
 #include "kvlm/kernels/kernels.hpp"
 

@@ -211,8 +211,8 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
     const auto score_rows = [&](std::int64_t r0, std::int64_t n, std::int64_t n_positions) {
       return Rows(scores + r0 * kTile, n, n_positions, Strided(kTile));
     };
-    // The Eigen products go KV head by KV head: rows [r0, r0 + n) read head h's [n_positions,
-    // head_dim] rows.
+    // Without the float GEMM, the products go KV head by KV head: rows [r0, r0 + n) read head
+    // h's [n_positions, head_dim] rows.
     const auto for_each_kv_head = [&](auto&& fn) {
       for (std::int64_t h = 0; h < rows.n_kv_heads(); ++h) {
         const std::int64_t r0 = h * rows.group;
