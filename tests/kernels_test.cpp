@@ -471,14 +471,16 @@ TEST(KernelsQuantizeActivation, EveryPathMatchesScalarBitForBit) {
   }
 }
 
-// Runs k.gemm over the tokens xq ([n_tokens, cols / 32], each prepared by k.prepare) into y of
-// row stride rows + 3, and checks that each output is bit for bit k.gemv's for its token alone
-// and within the gemv tolerance of the scalar reference; the padding between rows stays as it was.
-void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref, DType t,
+// Runs k.gemm over the tokens xq ([n_tokens, cols / Block::kSize] activation blocks, each
+// prepared by k.prepare) into y of row stride rows + 3, and checks that each output is bit for
+// bit k.gemv's for its token alone and within the gemv tolerance (magnitudes_of(token)) of the
+// scalar reference; the padding between rows stays as it was.
+template <typename Block, typename Magnitudes>
+void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref,
                              const std::vector<std::uint8_t>& w, std::int64_t rows,
-                             std::int64_t cols, const std::vector<BlockQ8_0>& xq,
-                             std::int64_t n_tokens) {
-  const std::int64_t n_blocks = cols / 32, ldy = rows + 3;
+                             std::int64_t cols, const std::vector<Block>& xq, std::int64_t n_tokens,
+                             Magnitudes magnitudes_of) {
+  const std::int64_t n_blocks = cols / Block::kSize, ldy = rows + 3;
   const std::size_t stride = prepared_bytes(cols);
   std::vector<std::uint8_t> prepared(stride * static_cast<std::size_t>(n_tokens));
   for (std::int64_t i = 0; i < n_tokens; ++i) {
@@ -489,14 +491,25 @@ void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref, DType
   std::vector<float> alone(static_cast<std::size_t>(rows)), y_ref(alone.size());
   for (std::int64_t i = 0; i < n_tokens; ++i) {
     SCOPED_TRACE("token " + std::to_string(i) + " of " + std::to_string(n_tokens));
-    const std::vector<BlockQ8_0> token(xq.begin() + i * n_blocks, xq.begin() + (i + 1) * n_blocks);
+    const std::vector<Block> token(xq.begin() + i * n_blocks, xq.begin() + (i + 1) * n_blocks);
     k.gemv(w.data(), rows, cols, token.data(), alone.data());
     ref.gemv(w.data(), rows, cols, token.data(), y_ref.data());
     const std::vector<float> row(y.begin() + i * ldy, y.begin() + i * ldy + rows);
     for (std::int64_t r = 0; r < rows; ++r) ASSERT_EQ(row[r], alone[r]) << "row " << r;
-    expect_close(row, y_ref, magnitudes(t, w, rows, cols, decode_activation(token)), cols);
+    expect_close(row, y_ref, magnitudes_of(token), cols);
     for (std::int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y[i * ldy + r], -7.0f);
   }
+}
+
+// expect_gemm_equals_gemv for a Q8_0 or Q4_0 matrix.
+void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref, DType t,
+                             const std::vector<std::uint8_t>& w, std::int64_t rows,
+                             std::int64_t cols, const std::vector<BlockQ8_0>& xq,
+                             std::int64_t n_tokens) {
+  expect_gemm_equals_gemv(k, ref, w, rows, cols, xq, n_tokens,
+                          [&](const std::vector<BlockQ8_0>& token) {
+                            return magnitudes(t, w, rows, cols, decode_activation(token));
+                          });
 }
 
 // The interleaved copy of w (a Q8_0 or Q4_0 matrix) times n_tokens tokens xq over rows
@@ -1556,6 +1569,52 @@ TEST(KernelsKQuant, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {
       expect_close(y, y_ref_f, mag_f, cols);
     }
   }
+}
+
+// gemm for the K types, on random and extreme blocks: each token gets what gemv gives it alone.
+TEST(KernelsKQuant, GemmGivesEachTokenWhatItsGemvGivesItAlone) {
+  int paths = 0;
+  for (Simd simd : supported_paths()) {
+    for (DType t : kKTypes) {
+      const TypeKernels& k = kernels(t, simd);
+      if (k.gemm == nullptr) continue;
+      ++paths;
+      EXPECT_EQ(k.prepare, kernels(DType::kQ4_K, simd).prepare) << "one preparation for all";
+      const auto magnitudes_of = [&](const std::vector<std::uint8_t>& w, std::int64_t rows,
+                                     std::int64_t cols) {
+        return [&w, t, rows, cols](const std::vector<BlockQ8_K>& token) {
+          return k_magnitudes(t, w, rows, cols, decode_activation_k(token));
+        };
+      };
+      for (std::int64_t cols : {256, 768}) {
+        for (std::int64_t rows : kRowCounts) {
+          for (std::int64_t n_tokens : {1, 2, 7, 8, 9, 17}) {
+            SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols) + ", " +
+                         std::to_string(n_tokens) + " tokens");
+            const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols + n_tokens * 7);
+            const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, seed);
+            const std::vector<BlockQ8_K> xq =
+                quantized_k(random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1));
+            expect_gemm_equals_gemv(k, kernels(t, Simd::kScalar), w, rows, cols, xq, n_tokens,
+                                    magnitudes_of(w, rows, cols));
+          }
+        }
+      }
+      // Extreme blocks against a huge activation block, one of alternating signs, and their
+      // negations (q = -127 .. 127 in every lane).
+      const std::int64_t cols = 512;
+      std::int64_t rows = 0;
+      const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
+      std::vector<float> x(static_cast<std::size_t>(2 * cols));
+      for (std::int64_t i = 0; i < 256; ++i) x[i] = i % 3 == 0 ? -65504.0f : 65504.0f;
+      for (std::int64_t i = 256; i < 512; ++i) x[i] = i % 2 ? -3.0f : 3.0f;
+      for (std::int64_t i = 512; i < 1024; ++i) x[i] = -x[i - 512];
+      SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + shape_name(t, rows, cols));
+      expect_gemm_equals_gemv(k, kernels(t, Simd::kScalar), w, rows, cols, quantized_k(x), 2,
+                              magnitudes_of(w, rows, cols));
+    }
+  }
+  if (paths == 0) GTEST_SKIP() << "no path on this CPU has a K gemm kernel";
 }
 
 TEST(KernelsKQuant, IntegerPathStaysWithinTheActivationQuantizationError) {

@@ -13,11 +13,11 @@
 //    gemm kernel where the path has one (several tokens per weight block), else its gemv kernel
 //    for every token. Each output is exactly the same whatever the number of tokens, so
 //    sessions batched together compute what each computes alone;
+//  - the same gemm kernels, for more tokens (prefill), on the same 8-bit activations;
 //  - BF16 weights, for more tokens (prefill), on a CPU with AVX512-BF16, run the BF16 GEMM
 //    (pair panels, kernels/panel.hpp) on the tokens rounded to bfloat16 once per call;
-//  - other types, for more tokens (prefill), run the gemm kernel where there is one, else
-//    dequantize kPanelRows weight rows at a time into a per-thread buffer and run the float GEMM
-//    on them;
+//  - other types, for more tokens (prefill), dequantize kPanelRows weight rows at a time into a
+//    per-thread buffer and run the float GEMM on them;
 //  - weights with an interleaved copy (WeightView::interleaved) run the type's gemm_interleaved
 //    on it for any number of tokens, the activation quantized and prepared once per call.
 // Every kernel is chosen at run time (kernels/kernels.hpp), so a host compiled without -march
@@ -48,7 +48,8 @@ class MatmulScratch {
   // the stored rows; beyond it, dequantizing a tile once and sharing it across the batch is
   // faster (the gemv kernels take one token at a time: on tinyllama-1.1b's shape, prefilling
   // 512 tokens with them ran at 0.60x for Q4_0 and 0.86x for Q4_K_M). The gemm kernels beat the
-  // tiles at any size: 512 tokens prefill 1.5x (Q4_0) and 1.8x (Q8_0) faster with them.
+  // tiles at any size: 512 tokens prefill 1.5x (Q4_0), 1.8x (Q8_0) and 1.05x (Q4_K_M) faster
+  // with them.
   static constexpr std::int64_t kMaxGemvTokens = 64;
   // F32 products of up to this many tokens run gemv_f32. One token decodes as fast as with
   // Eigen's matrix-vector product (tinyllama-1.1b's shape, 2 threads, interleaved twice: 1.50
@@ -157,12 +158,10 @@ struct Product {
 
 namespace detail {
 
-// Whether a product of n_tokens tokens runs type kernels k's gemm: for several tokens where the
-// type decodes with 8-bit activations (so a token's output is the same in a batch as alone), and
-// for every prefill beyond kMaxGemvTokens tokens.
+// Whether a product of n_tokens tokens runs type kernels k's gemm: for several tokens, since it
+// gives each token what gemv gives it alone.
 inline bool uses_gemm(const kernels::TypeKernels& k, std::int64_t n_tokens) {
-  return k.gemm != nullptr && n_tokens > 1 &&
-         (k.decode_activation == DType::kQ8_0 || n_tokens > MatmulScratch::kMaxGemvTokens);
+  return k.gemm != nullptr && n_tokens > 1;
 }
 
 // What a product runs (the list at the top of this file).
@@ -195,7 +194,7 @@ inline Route route(const WeightView& w, std::int64_t n_tokens) {
   return without_gemm(n_tokens);
 }
 
-using Prepare = void (*)(const BlockQ8_0* x, std::int64_t cols, void* out);
+using Prepare = void (*)(const void* x, std::int64_t cols, void* out);
 
 // The route of product p in a call whose gemm activations are prepared by `prepared`.
 inline Route route(const WeightView& w, std::int64_t n_tokens, Prepare prepared) {
@@ -302,7 +301,7 @@ inline void MatmulScratch::Uses::add(const WeightView& w, std::int64_t max_batch
           if (k.decode_activation == DType::kQ8_K) widen(quantized_k);
           break;
         case detail::Route::kGemm:
-          widen(quantized);
+          widen(k.decode_activation == DType::kQ8_K ? quantized_k : quantized);
           widen(prepared);
           break;
         case detail::Route::kInterleaved:
@@ -334,20 +333,24 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
   // The gemm kernels' activation is prepared once, for the first product's type that uses one;
   // a product of another type whose gemm wants a different preparation takes another route.
   detail::Prepare prepare = nullptr;
+  bool prepare_from_k = false;  // whether prepare takes Q8_K blocks (else Q8_0)
   for (const Product& p : products) {
     KVLM_ASSERT(p.w.cols == x.cols() && p.y.cols() == p.w.rows && p.y.rows() == n_tokens);
     total_rows += p.w.rows;
     if (prepare == nullptr && detail::route(p.w, n_tokens) == detail::Route::kGemm) {
-      prepare = kernels::kernels(p.w.dtype).prepare;
+      const kernels::TypeKernels& k = kernels::kernels(p.w.dtype);
+      prepare = k.prepare;
+      prepare_from_k = k.decode_activation == DType::kQ8_K;
     }
   }
   bool quantize = false, quantize_k = false, interleaved = false, bf16 = false;
   for (const Product& p : products) {
     const detail::Route r = detail::route(p.w, n_tokens, prepare);
     const DType activation = kernels::kernels(p.w.dtype).decode_activation;
-    quantize = quantize || r == detail::Route::kGemm || r == detail::Route::kInterleaved ||
-               (r == detail::Route::kGemv && activation == DType::kQ8_0);
-    quantize_k = quantize_k || (r == detail::Route::kGemv && activation == DType::kQ8_K);
+    const bool integer = r == detail::Route::kGemm || r == detail::Route::kGemv;
+    quantize = quantize || r == detail::Route::kInterleaved ||
+               (integer && activation == DType::kQ8_0);
+    quantize_k = quantize_k || (integer && activation == DType::kQ8_K);
     interleaved = interleaved || r == detail::Route::kInterleaved;
     bf16 = bf16 || r == detail::Route::kPairGemm;
   }
@@ -362,7 +365,9 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
     if (quantize) kernels::quantize_activation(x.row(t), scratch.quantized(t), x.cols());
     if (quantize_k) kernels::quantize_activation_k(x.row(t), scratch.quantized_k(t), x.cols());
     if (prepare != nullptr) {
-      prepare(scratch.quantized(t), x.cols(), scratch.prepared() + t * prepared_bytes);
+      const void* blocks = prepare_from_k ? static_cast<const void*>(scratch.quantized_k(t))
+                                          : static_cast<const void*>(scratch.quantized(t));
+      prepare(blocks, x.cols(), scratch.prepared() + t * prepared_bytes);
     }
     if (interleaved) {
       kernels::prepare_interleaved(scratch.quantized(t), x.cols(),

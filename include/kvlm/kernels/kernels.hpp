@@ -136,9 +136,10 @@ struct TypeKernels {
   /// activations from prepare, prepared_bytes(cols) bytes apart.
   void (*gemm)(const void* w, std::int64_t rows, std::int64_t cols, const void* x,
                std::int64_t n_tokens, float* y, std::int64_t ldy) = nullptr;
-  /// gemm's activation (prepared_bytes(cols) bytes) from one token's quantize_activation blocks
-  /// (x: [cols / 32]).
-  void (*prepare)(const BlockQ8_0* x, std::int64_t cols, void* out) = nullptr;
+  /// gemm's activation (prepared_bytes(cols) bytes) from one token's decode_activation blocks
+  /// (x as gemv's). Types whose gemm takes the same activation share this function: the K types
+  /// all take prepare_k's.
+  void (*prepare)(const void* x, std::int64_t cols, void* out) = nullptr;
   /// The kernel for the type's interleaved copy (kernels/interleaved.hpp), where the path has
   /// one (null otherwise): y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w:
   /// the whole copy; x: [n_tokens, cols / 32] from prepare_interleaved. Each output is the same
@@ -148,11 +149,7 @@ struct TypeKernels {
                            float* y, std::int64_t ldy) = nullptr;
 };
 
-/// Bytes of one token's activation prepared for gemm: enough for the cols / 32 whole blocks.
-inline std::size_t prepared_bytes(std::int64_t cols) {
-  const std::int64_t pairs = (cols / BlockQ8_0::kSize + 1) / 2;
-  return static_cast<std::size_t>(pairs) * sizeof(avx512::PreparedPair);
-}
+using avx512::prepared_bytes;
 
 namespace detail {
 
@@ -241,9 +238,12 @@ inline constexpr TableEntry kAvx512Table[] = {
     {DType::kQ4_0, {kQuantizedX, avx512::gemv_q4_0, avx512::gemv_q4_0_f32, avx512::to_float_q4_0,
                     avx512::gemm_q4_0, avx512::prepare_q4_0,
                     avx512::gemm_interleaved<BlockQ4_0x16>}},
-    {DType::kQ4_K, {kQuantizedKX, avx512::gemv_q4_k, avx512::gemv_q4_k_f32, avx512::to_float_q4_k}},
-    {DType::kQ5_K, {kQuantizedKX, avx512::gemv_q5_k, avx512::gemv_q5_k_f32, avx512::to_float_q5_k}},
-    {DType::kQ6_K, {kQuantizedKX, avx512::gemv_q6_k, avx512::gemv_q6_k_f32, avx512::to_float_q6_k}},
+    {DType::kQ4_K, {kQuantizedKX, avx512::gemv_q4_k, avx512::gemv_q4_k_f32, avx512::to_float_q4_k,
+                    avx512::gemm<avx512::K4Rows<BlockQ4_K>>, avx512::prepare_k}},
+    {DType::kQ5_K, {kQuantizedKX, avx512::gemv_q5_k, avx512::gemv_q5_k_f32, avx512::to_float_q5_k,
+                    avx512::gemm<avx512::K4Rows<BlockQ5_K>>, avx512::prepare_k}},
+    {DType::kQ6_K, {kQuantizedKX, avx512::gemv_q6_k, avx512::gemv_q6_k_f32, avx512::to_float_q6_k,
+                    avx512::gemm<avx512::Q6_KRows>, avx512::prepare_k}},
 };
 
 template <std::size_t kCount>
