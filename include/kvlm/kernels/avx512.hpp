@@ -319,17 +319,19 @@ struct Q8_0Rows {
   }
 };
 
-// The gemv step of Rows (Q4_0Rows or Q8_0Rows) times a quantized activation (BlockQ8_0).
+// The gemv step of Rows (Q4_0Rows, Q8_0Rows or a K type's below) times its 8-bit activation
+// (Rows::Activation: BlockQ8_0 or BlockQ8_K).
 template <typename Rows>
 struct TimesQ8 {
   using Block = typename Rows::Block;
-  using Activation = BlockQ8_0;
-  static constexpr int kStep = 2;
+  using Activation = typename Rows::Activation;
+  static constexpr int kStep = Rows::kStep;
 
   template <int kRows, int kBlocks>
-  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const BlockQ8_0* x,
+  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const Activation* x,
                                       std::int64_t b, __m512* acc) {
-    const PreparedRegisters xb = Rows::template activation<kBlocks>(x + b);
+    const auto xb = Rows::template activation<kBlocks>(x + b);
+    KVLM_UNROLL
     for (int r = 0; r < kRows; ++r) {
       acc[r] = Rows::multiply(Rows::template unpack<kBlocks>(w + r * stride + b), xb, acc[r]);
     }
@@ -642,24 +644,6 @@ struct Q6_KRows : KRows {
                                                _mm512_zextsi256_si512(x.bsums));
     const __m512i sums = scaled_sum(w.q, w.scales, x.q, offset);
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(w.d, x.d), acc);
-  }
-};
-
-// The gemv step of a K type's Rows times BlockQ8_K activations.
-template <typename Rows>
-struct TimesQ8K {
-  using Block = typename Rows::Block;
-  using Activation = BlockQ8_K;
-  static constexpr int kStep = 1;
-
-  template <int kRows, int kBlocks>
-  KVLM_TARGET_AVX512 static void step(const Block* w, std::int64_t stride, const BlockQ8_K* x,
-                                      std::int64_t b, __m512* acc) {
-    const ActivationK xb = activation_k(x[b]);
-    KVLM_UNROLL
-    for (int r = 0; r < kRows; ++r) {
-      acc[r] = Rows::multiply(Rows::template unpack<1>(w + r * stride + b), xb, acc[r]);
-    }
   }
 };
 
@@ -1064,19 +1048,19 @@ KVLM_TARGET_AVX512 inline void quantize_activation(const float* x, BlockQ8_0* ou
 /// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
 KVLM_TARGET_AVX512 inline void gemv_q4_k(const void* w, std::int64_t rows, std::int64_t cols,
                                          const void* x, float* y) {
-  gemv_blocks<TimesQ8K<K4Rows<BlockQ4_K>>>(w, rows, cols, x, y);
+  gemv_blocks<TimesQ8<K4Rows<BlockQ4_K>>>(w, rows, cols, x, y);
 }
 
 /// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
 KVLM_TARGET_AVX512 inline void gemv_q5_k(const void* w, std::int64_t rows, std::int64_t cols,
                                          const void* x, float* y) {
-  gemv_blocks<TimesQ8K<K4Rows<BlockQ5_K>>>(w, rows, cols, x, y);
+  gemv_blocks<TimesQ8<K4Rows<BlockQ5_K>>>(w, rows, cols, x, y);
 }
 
 /// x: [cols / 256] BlockQ8_K, from quantize_activation_k.
 KVLM_TARGET_AVX512 inline void gemv_q6_k(const void* w, std::int64_t rows, std::int64_t cols,
                                          const void* x, float* y) {
-  gemv_blocks<TimesQ8K<Q6_KRows>>(w, rows, cols, x, y);
+  gemv_blocks<TimesQ8<Q6_KRows>>(w, rows, cols, x, y);
 }
 
 /// The K types' one preparation, for gemm<K4Rows<...>> and gemm<Q6_KRows>: x: [cols / 256]
