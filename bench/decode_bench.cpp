@@ -119,6 +119,7 @@ void BM_AttentionStep(benchmark::State& state) {
   kvlm::Tensor<float> q({1, shape.n_heads * shape.head_dim});
   kvlm::Tensor<float> keys({n_ctx, kv_dim}), values({n_ctx, kv_dim});
   kvlm::AttentionScratch scratch(n_threads, shape);
+  kvlm::ThreadPool threads(n_threads);
   kvlm::Tensor<float> out({1, shape.n_heads * shape.head_dim});
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -127,7 +128,7 @@ void BM_AttentionStep(benchmark::State& state) {
   }
   for (auto _ : state) {
     kvlm::attention(q.view(), kvlm::KVRows(keys.view()), kvlm::KVRows(values.view()), shape,
-                    start_pos, scratch, out.view(), n_threads);
+                    start_pos, scratch, out.view(), threads);
     benchmark::DoNotOptimize(out.data());
   }
   state.SetItemsProcessed(state.iterations());
@@ -147,14 +148,14 @@ double read_bandwidth(int passes, int n_threads = kvlm::detail::hardware_threads
     return t;
   }();
   std::vector<float> sink(64, 0.0f);
+  kvlm::ThreadPool threads(n_threads);
   double best = 0.0;
   for (int pass = 0; pass < passes; ++pass) {
     const auto start = std::chrono::steady_clock::now();
-    kvlm::detail::parallel_for_rows(n, n, n_threads, kStride * 1024,
+    kvlm::detail::parallel_for_rows(n, n, threads, kStride * 1024,
                                     [&](std::int64_t begin, std::int64_t end, int thread) {
       float acc[kStride] = {};
       for (std::int64_t i = begin; i < end; i += kStride) {
-#pragma omp simd
         for (int l = 0; l < kStride; ++l) acc[l] += buffer.data()[i + l];
       }
       for (float a : acc) sink[thread] += a;
@@ -257,9 +258,9 @@ BENCHMARK(BM_UncachedStep)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime
 
 // The spread of per-token latency: 64 decode steps on the stories110M shape, each timed on its
 // own, with the host pausing pause_us between tokens (0: back to back; 2000: a host doing 2 ms of
-// its own work per token, long enough for idle OpenMP threads to stop spinning and sleep, so
-// the next step pays for waking them). Counters: the median, 90th and 99th percentile and
-// largest step, in microseconds.
+// its own work per token, within the pool's spin; 20000: longer than the spin, so the session's
+// idle threads sleep and the next step pays for waking them). Counters: the median, 90th and
+// 99th percentile and largest step, in microseconds.
 void BM_TokenLatency(benchmark::State& state) {
   constexpr int kSteps = 64;
   const auto model = stories110m();
@@ -292,7 +293,7 @@ void BM_TokenLatency(benchmark::State& state) {
   state.counters["max_us"] = step_us.back();
   add_context(state, session.n_threads());
 }
-BENCHMARK(BM_TokenLatency)->Arg(0)->Arg(2000)->Iterations(4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TokenLatency)->Arg(0)->Arg(2000)->Arg(20000)->Iterations(4)->Unit(benchmark::kMillisecond);
 
 // The machine's peaks, measured once per run and reused by the prefill benchmarks: 12 independent
 // chains of one instruction on every core. The chains carry their instruction sets, so a build
@@ -304,15 +305,12 @@ constexpr std::int64_t kChainSteps = 20'000'000;
 // operations, whose result is kept from the optimiser.
 template <typename Chains>
 double rate_on_every_core(double ops_per_thread, Chains chains) {
-  const int threads = kvlm::detail::hardware_threads();
+  kvlm::ThreadPool threads(kvlm::detail::hardware_threads());
   const auto start = std::chrono::steady_clock::now();
-  kvlm::detail::parallel_for_rows(threads, std::int64_t{1} << 40, threads, 1,
-                                  [&](std::int64_t, std::int64_t, int thread) {
-    benchmark::DoNotOptimize(chains(thread));
-  });
+  threads.run(threads.size(), [&](int thread) { benchmark::DoNotOptimize(chains(thread)); });
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return ops_per_thread * threads / seconds;
+  return ops_per_thread * threads.size() / seconds;
 }
 
 // A peak as a benchmark: the rate as `counter` in G per second, or `missing` if the CPU lacks it.

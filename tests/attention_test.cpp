@@ -110,8 +110,9 @@ TEST_P(AttentionVsPlainLoop, Matches) {
   Tensor<float> out({n_tokens, q_dim});
   std::fill(out.data(), out.data() + out.size(), nan);  // every element must be written
 
+  ThreadPool threads(n_threads);
   attention(TensorView<const float>(q.data(), {n_tokens, q_dim}), cache.keys(0), cache.values(0),
-            shape, start_pos, scratch, out.view(), n_threads);
+            shape, start_pos, scratch, out.view(), threads);
 
   const int group = shape.n_heads / shape.n_kv_heads;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
@@ -174,8 +175,9 @@ TEST(AttentionStep, SameBitsOnAnyThreadCount) {
     for (int n_threads : {1, 2, 3}) {
       AttentionScratch scratch(n_threads, shape);
       Tensor<float> out({1, shape.q_dim()});
+      ThreadPool threads(n_threads);
       attention(TensorView<const float>(q.data(), {1, shape.q_dim()}), cache.keys(0),
-                cache.values(0), shape, start_pos, scratch, out.view(), n_threads);
+                cache.values(0), shape, start_pos, scratch, out.view(), threads);
       outs.emplace_back(out.data(), out.data() + out.size());
     }
     EXPECT_EQ(outs[0], outs[1]) << "position " << start_pos;

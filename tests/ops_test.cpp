@@ -106,7 +106,8 @@ TEST_P(OpsMatmul, MatchesPlainLoop) {
   std::fill(y_buffer.data(), y_buffer.data() + y_buffer.size(), kGuard);
   const TensorView<float> y = y_buffer.view().rows_slice(1, c.n_tokens);
   MatmulScratch scratch(c.n_tokens, c.in, n_threads);
-  matmul(x.view(), wv, y, scratch, n_threads);
+  ThreadPool threads(n_threads);
+  matmul(x.view(), wv, y, scratch, threads);
 
   for (std::int64_t t = 0; t < c.n_tokens; ++t) {
     for (std::int64_t r = 0; r < c.out; ++r) {
@@ -149,7 +150,8 @@ TEST_P(OpsTypedMatmul, MatchesPlainLoopOverDequantizedWeights) {
   const WeightView wv{type, out, in, stored.data()};
   Tensor<float> y({n_tokens, out});
   MatmulScratch scratch(n_tokens, in, n_threads);
-  matmul(x.view(), wv, y.view(), scratch, n_threads);
+  ThreadPool threads(n_threads);
+  matmul(x.view(), wv, y.view(), scratch, threads);
 
   const kernels::TypeKernels& k = kernels::kernels(type);
   const bool int8_activations = n_tokens <= MatmulScratch::kMaxGemvTokens
@@ -211,9 +213,10 @@ TEST(OpsMatmul, TypedOutputsDoNotDependOnTheBatch) {
     const WeightView wv{type, out, in, stored.data()};
     Tensor<float> batch({n_tokens, out}), alone({1, out});
     MatmulScratch scratch(n_tokens, in, 2);
-    matmul(x.view(), wv, batch.view(), scratch, 2);
+    ThreadPool two(2), one(1);
+    matmul(x.view(), wv, batch.view(), scratch, two);
     for (std::int64_t t = 0; t < n_tokens; t += type == DType::kF32 ? 1 : 7) {
-      matmul(x.view().rows_slice(t, 1), wv, alone.view(), scratch, 1);
+      matmul(x.view().rows_slice(t, 1), wv, alone.view(), scratch, one);
       for (std::int64_t r = 0; r < out; ++r) {
         ASSERT_EQ(batch.view().row(t)[r], alone.view().row(0)[r]) << to_string(type) << " token " << t << " row " << r;
       }
@@ -250,6 +253,7 @@ TEST(OpsMatmul, ScratchSizedForItsWeightsServesEveryBatch) {
         uses.add(wv, max_batch);
       }
       MatmulScratch sized(max_batch, uses, 2), every(max_batch, 512, 2);
+      ThreadPool threads(2);
       EXPECT_LE(sized.byte_size(), every.byte_size());
       for (std::int64_t n_tokens : {1, 2, 5, 64, 65, 100}) {
         for (const WeightView& wv : weights) {
@@ -257,8 +261,8 @@ TEST(OpsMatmul, ScratchSizedForItsWeightsServesEveryBatch) {
                        std::to_string(wv.cols) + ", " + std::to_string(n_tokens) + " tokens");
           const Tensor<float> x = random_tensor(n_tokens, wv.cols, 7);
           Tensor<float> y({n_tokens, out}), expected({n_tokens, out});
-          matmul(x.view(), wv, y.view(), sized, 2);
-          matmul(x.view(), wv, expected.view(), every, 2);
+          matmul(x.view(), wv, y.view(), sized, threads);
+          matmul(x.view(), wv, expected.view(), every, threads);
           ASSERT_TRUE(std::equal(y.data(), y.data() + y.size(), expected.data()));
         }
       }
@@ -289,9 +293,11 @@ TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
       const Tensor<float> x = random_tensor(n_tokens, in, 40);
       Tensor<float> y_plain({n_tokens, out}), y({n_tokens, out}), alone({1, out});
       MatmulScratch scratch(n_tokens, in, 3);
-      matmul(x.view(), {Product{plain, y_plain.view()}, Product{interleaved, y.view()}}, scratch, 3);
+      ThreadPool three(3), one(1);
+      matmul(x.view(), {Product{plain, y_plain.view()}, Product{interleaved, y.view()}}, scratch,
+             three);
       for (std::int64_t t = 0; t < n_tokens; t += 4) {
-        matmul(x.view().rows_slice(t, 1), interleaved, alone.view(), scratch, 1);
+        matmul(x.view().rows_slice(t, 1), interleaved, alone.view(), scratch, one);
         for (std::int64_t r = 0; r < out; ++r) {
           const float expected = y_plain.view().row(t)[r];
           ASSERT_NEAR(y.view().row(t)[r], expected, 1e-4f * (1.0f + std::fabs(expected)))

@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "alloc_counter.hpp"
@@ -367,19 +369,21 @@ TEST(Session, SessionsRunConcurrentlyOnHostThreads) {
     const Span<const float> l = s.prefill(p);
     expected.emplace_back(l.begin(), l.end());
   }
-  // Host threads from OpenMP itself: kvlm's own regions nest inside them.
   std::vector<std::vector<float>> got(prompts.size());
-#pragma omp parallel for num_threads(2)
+  std::vector<std::thread> hosts;
   for (int i = 0; i < 2; ++i) {
-    SessionOptions options;
-    options.n_threads = 2 - i;  // host thread 1 runs a one-thread session: its scratch index is 0
-    Session s(model, options);
-    for (int round = 0; round < 20; ++round) {
-      s.reset();
-      const Span<const float> l = s.prefill(prompts[i]);
-      got[i].assign(l.begin(), l.end());
-    }
+    hosts.emplace_back([&, i] {
+      SessionOptions options;
+      options.n_threads = 2 - i;  // host thread 1 runs a one-thread session: its scratch index is 0
+      Session s(model, options);
+      for (int round = 0; round < 20; ++round) {
+        s.reset();
+        const Span<const float> l = s.prefill(prompts[i]);
+        got[i].assign(l.begin(), l.end());
+      }
+    });
   }
+  for (std::thread& h : hosts) h.join();
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_LE(max_abs_diff(got[i], expected[i]), kLogitTolerance) << "prompt " << i;
   }
@@ -504,6 +508,13 @@ TEST(SessionErrors, BadTokensAndArguments) {
   SessionOptions no_batch;
   no_batch.max_batch = 0;
   expect_error(ErrorCode::kInvalidArgument, "max_batch = 0", [&] { Session(model, no_batch); });
+  SessionOptions threads;
+  threads.n_threads = -1;
+  expect_error(ErrorCode::kInvalidArgument, "n_threads = -1", [&] { Session(model, threads); });
+  threads.n_threads = 2;
+  threads.spin = std::chrono::microseconds(-1);
+  expect_error(ErrorCode::kInvalidArgument, "spin must not be negative",
+               [&] { Session(model, threads); });
   EXPECT_EQ(s.position(), 2);
 }
 

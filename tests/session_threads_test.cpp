@@ -1,7 +1,7 @@
 // One Model shared by sessions on several host threads: each session gets exactly the tokens it
 // gets alone (greedy and seeded), whatever the others do at the same time. A binary of its own so
-// that scripts/test-threads can build it with ThreadSanitizer (and without OpenMP, whose runtime
-// TSan cannot see into), which then checks that the sharing is free of data races.
+// that scripts/test-threads can build it with ThreadSanitizer, which then checks that the sharing
+// is free of data races.
 
 #include <gtest/gtest.h>
 

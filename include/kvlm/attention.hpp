@@ -144,7 +144,7 @@ struct QueryRows {
 /// order, for all heads at once (flash-decoding), and merges the chunks' softmaxes at the end.
 inline void attention(TensorView<const float> q, const KVRows& keys, const KVRows& values,
                       const AttentionShape& shape, int start_pos, AttentionScratch& scratch,
-                      TensorView<float> out, int n_threads) {
+                      TensorView<float> out, ThreadPool& threads) {
   using Strided = Eigen::OuterStride<>;
   using ConstRows = Eigen::Map<const RowMajorMatrix<float>, Eigen::Unaligned, Strided>;
   using Rows = Eigen::Map<RowMajorMatrix<float>, Eigen::Unaligned, Strided>;
@@ -299,7 +299,7 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
     // Block b is head b / n_query_tiles over query tile b % n_query_tiles.
     const std::int64_t n_query_tiles =
         (n_tokens + AttentionScratch::kTileQueries - 1) / AttentionScratch::kTileQueries;
-    detail::parallel_for_rows(shape.n_heads * n_query_tiles, work, n_threads, 1,
+    detail::parallel_for_rows(shape.n_heads * n_query_tiles, work, threads, 1,
                               [&](std::int64_t block_begin, std::int64_t block_end, int thread) {
       for (std::int64_t b = block_begin; b < block_end; ++b) {
         const std::int64_t head = b / n_query_tiles;
@@ -330,7 +330,7 @@ inline void attention(TensorView<const float> q, const KVRows& keys, const KVRow
     return QueryRows{q.data(), scratch.chunk_output(c), scratch.chunk_stats(c), hd,
                      shape.n_heads, group, 0, start_pos, 0};
   };
-  detail::parallel_for_rows(n_chunks, work, n_threads, 1,
+  detail::parallel_for_rows(n_chunks, work, threads, 1,
                             [&](std::int64_t chunk_begin, std::int64_t chunk_end, int thread) {
     for (std::int64_t c = chunk_begin; c < chunk_end; ++c) {
       const QueryRows rows = chunk_rows(c);

@@ -22,10 +22,10 @@
 #include <utility>
 #include <vector>
 
-#include "kvlm/detail/parallel.hpp"
 #include "kvlm/error.hpp"
 #include "kvlm/forward.hpp"
 #include "kvlm/model.hpp"
+#include "kvlm/thread_pool.hpp"
 
 namespace kvlm {
 
@@ -35,6 +35,8 @@ struct BatcherOptions {
   // over non-F32 weights compute each row exactly as they do alone.
   int max_rows = static_cast<int>(MatmulScratch::kMaxGemvTokens);
   int n_threads = 0;    // threads of a pass; 0 = every core
+  // How long the pass's idle threads wait awake for the next pass before they sleep.
+  std::chrono::microseconds spin = ThreadPool::kDefaultSpin;
   // After a pass, how long the next waits for the sessions of the last one to come back with
   // their next token (they sample in between), so that they stay in one pass.
   std::chrono::microseconds gather{2000};
@@ -48,6 +50,7 @@ class Batcher {
         options_(options),
         n_threads_(options.n_threads > 0 ? options.n_threads : detail::hardware_threads()),
         scratch_(*model_, options.max_rows, n_threads_, options.max_rows),
+        threads_(n_threads_, options.spin),
         worker_([this] { work(); }) {}
 
   Batcher(const Batcher&) = delete;
@@ -110,11 +113,7 @@ class Batcher {
                   "max_rows = " + std::to_string(o.max_rows) + " is outside [1, " +
                       std::to_string(detail::kMaxDimension) + "]");
     }
-    if (o.n_threads < 0 || o.n_threads > detail::kMaxThreads) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "n_threads = " + std::to_string(o.n_threads) + " is outside [0, " +
-                      std::to_string(detail::kMaxThreads) + "] (0 = every core)");
-    }
+    detail::check_thread_options(o.n_threads, o.spin);
     if (o.gather.count() < 0) {
       throw Error(ErrorCode::kInvalidArgument, "gather must not be negative");
     }
@@ -123,7 +122,6 @@ class Batcher {
 
   // The worker: waits for jobs, gathers the sessions expected back, runs a pass, repeats.
   void work() {
-    detail::start_threads(n_threads_);
     std::unique_lock<std::mutex> lock(mutex_);
     std::size_t expected = 0;  // jobs that the last pass left queued or finished
     std::vector<Job*> in_pass;
@@ -168,7 +166,7 @@ class Batcher {
       if (!pieces.empty()) {
         lock.unlock();
         try {
-          forward(*model_, pieces, scratch_, n_threads_, nullptr);
+          forward(*model_, pieces, scratch_, threads_, nullptr);
         } catch (...) {
           error = std::current_exception();
         }
@@ -190,6 +188,7 @@ class Batcher {
   BatcherOptions options_;
   int n_threads_;
   ForwardScratch scratch_;  // used by the worker only
+  ThreadPool threads_;      // run by the worker only
 
   mutable std::mutex mutex_;
   std::condition_variable work_ready_;  // a job arrived, or the batcher is stopping

@@ -106,7 +106,7 @@ struct SequenceRows {
 /// at its positions, and its tokens attend over their own cache only.
 inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int layer,
                           Span<const SequenceRows> sequences, TensorView<float> x,
-                          BlockScratch& scratch, int n_threads) {
+                          BlockScratch& scratch, ThreadPool& threads) {
   const std::int64_t n = x.rows();
   auto xb = scratch.xb.view().rows_slice(0, n);
   auto q = scratch.q.rows_slice(0, n);
@@ -115,7 +115,7 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int 
   auto att = scratch.att.rows_slice(0, n);
 
   rms_norm(x, w.attn_norm, config.norm_eps, xb);
-  matmul(xb, {{w.wq, q}, {w.wk, k}, {w.wv, v}}, scratch.matmul, n_threads);
+  matmul(xb, {{w.wq, q}, {w.wk, k}, {w.wv, v}}, scratch.matmul, threads);
   const AttentionShape shape = attention_shape(config);
   for (const SequenceRows& s : sequences) {
     KVLM_ASSERT(s.row + s.n <= n);
@@ -126,21 +126,21 @@ inline void decoder_block(const ModelConfig& config, const BlockWeights& w, int 
     keys.store(s.start_pos, k_s);
     values.store(s.start_pos, v.rows_slice(s.row, s.n));
     attention(q_s, keys, values, shape, s.start_pos, scratch.attention, att.rows_slice(s.row, s.n),
-              n_threads);
+              threads);
   }
-  matmul(att, w.wo, xb, scratch.matmul, n_threads);
+  matmul(att, w.wo, xb, scratch.matmul, threads);
   add_in_place(x, xb);
 
   auto gate = scratch.gate.rows_slice(0, n);
   auto up = scratch.up.rows_slice(0, n);
   rms_norm(x, w.ffn_norm, config.norm_eps, xb);
-  matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, scratch.matmul, n_threads);
+  matmul(xb, {{w.w_gate, gate}, {w.w_up, up}}, scratch.matmul, threads);
   // One exp per element: worth a second thread in prefill, not for one token's row.
-  detail::parallel_for_rows(n, n * config.hidden_dim, n_threads, 1,
+  detail::parallel_for_rows(n, n * config.hidden_dim, threads, 1,
                             [&](std::int64_t begin, std::int64_t end, int) {
     silu_mul(gate.rows_slice(begin, end - begin), up.rows_slice(begin, end - begin));
   });
-  matmul(gate, w.w_down, xb, scratch.matmul, n_threads);
+  matmul(gate, w.w_down, xb, scratch.matmul, threads);
   add_in_place(x, xb);
 }
 

@@ -95,7 +95,7 @@ struct ForwardScratch {
 /// Runs the model over the chunks' rows, in order, as one batch of sum(n) <= max_rows rows.
 /// cancel, if set, is asked before every layer: true throws Error(kCancelled).
 inline void forward(const Model& model, Span<const SequenceChunk> chunks, ForwardScratch& scratch,
-                    int n_threads, const std::function<bool()>& cancel) {
+                    ThreadPool& threads, const std::function<bool()>& cancel) {
   const ModelConfig& config = model.config();
   std::int64_t rows = 0, logit_rows = 0;
   scratch.sequences.clear();
@@ -112,7 +112,7 @@ inline void forward(const Model& model, Span<const SequenceChunk> chunks, Forwar
   }
   for (int l = 0; l < config.n_layers; ++l) {
     if (cancel && cancel()) throw Error(ErrorCode::kCancelled, "cancelled by the host");
-    decoder_block(config, model.block(l), l, scratch.sequences, x, scratch.block, n_threads);
+    decoder_block(config, model.block(l), l, scratch.sequences, x, scratch.block, threads);
   }
   if (logit_rows == 0) return;
 
@@ -128,11 +128,11 @@ inline void forward(const Model& model, Span<const SequenceChunk> chunks, Forwar
   }
   if (chunks.size() == 1) {  // straight into the caller's logits
     matmul(normed, model.classifier(), TensorView<float>(chunks[0].logits, {logit_rows, config.vocab_size}),
-           scratch.block.matmul, n_threads);
+           scratch.block.matmul, threads);
     return;
   }
   TensorView<float> gathered = scratch.logits.view().rows_slice(0, logit_rows);
-  matmul(normed, model.classifier(), gathered, scratch.block.matmul, n_threads);
+  matmul(normed, model.classifier(), gathered, scratch.block.matmul, threads);
   at = 0;
   for (const SequenceChunk& c : chunks) {
     std::copy_n(gathered.row(at), std::int64_t{c.n_logits} * config.vocab_size, c.logits);

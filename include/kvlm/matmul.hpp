@@ -325,7 +325,7 @@ inline void MatmulScratch::Uses::add(const WeightView& w, std::int64_t max_batch
 /// y = x W^T for each product, all with the same input x: [n_tokens, in], n_tokens at most the
 /// scratch's max_batch, and the scratch sized for these weights (MatmulScratch::Uses::add).
 inline void matmul(TensorView<const float> x, std::initializer_list<Product> products,
-                   MatmulScratch& scratch, int n_threads) {
+                   MatmulScratch& scratch, ThreadPool& threads) {
   const std::int64_t n_tokens = x.rows();
   std::int64_t total_rows = 0;
   // The gemm kernels' activation is prepared once, for the first product's type that uses one;
@@ -375,7 +375,7 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
       kernels::pair_panel_kernels()->to_bf16(x.row(t), scratch.bf16() + t * x.cols(), x.cols());
     }
   }
-  detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), n_threads, 16,
+  detail::parallel_for_rows(total_rows, n_tokens * total_rows * x.cols(), threads, 16,
                             [&](std::int64_t begin, std::int64_t end, int thread) {
     std::int64_t first_row = 0;  // of the current product, in the concatenated rows
     for (const Product& p : products) {
@@ -391,8 +391,8 @@ inline void matmul(TensorView<const float> x, std::initializer_list<Product> pro
 
 /// y = x W^T: x: [n_tokens, in]; w: [out, in] as stored; y: [n_tokens, out].
 inline void matmul(TensorView<const float> x, const WeightView& w, TensorView<float> y,
-                   MatmulScratch& scratch, int n_threads) {
-  matmul(x, {Product{w, y}}, scratch, n_threads);
+                   MatmulScratch& scratch, ThreadPool& threads) {
+  matmul(x, {Product{w, y}}, scratch, threads);
 }
 
 /// out[i] = row tokens[i] of the embedding table, dequantized. table: [vocab_size, dim];

@@ -41,7 +41,6 @@
 #include "kvlm/batch.hpp"
 #include "kvlm/detail/checked.hpp"
 #include "kvlm/detail/hash.hpp"
-#include "kvlm/detail/parallel.hpp"
 #include "kvlm/detail/regular_file.hpp"
 #include "kvlm/detail/write_file.hpp"
 #include "kvlm/error.hpp"
@@ -54,6 +53,7 @@
 #include "kvlm/span.hpp"
 #include "kvlm/stop_strings.hpp"
 #include "kvlm/tensor.hpp"
+#include "kvlm/thread_pool.hpp"
 #include "kvlm/tokenizer.hpp"
 
 namespace kvlm {
@@ -76,6 +76,9 @@ struct SessionOptions {
   int max_seq_len = 0;   // context length; 0 = the model's max_seq_len (may exceed it)
   int max_batch = 512;   // most tokens one forward pass takes; longer prompts run in chunks
   int n_threads = 0;     // 0 = every core of the machine
+  // How long the session's idle threads wait awake for the next forward pass before they sleep
+  // (see thread_pool.hpp): the host's work between two steps that takes less costs no wake-up.
+  std::chrono::microseconds spin = ThreadPool::kDefaultSpin;
   CacheMode cache_mode = CacheMode::kCached;
   DType kv_type = DType::kF32;  // what the cache stores: F32, F16, BF16 or Q8_0
   OnFull on_full = OnFull::kError;
@@ -360,7 +363,7 @@ class Session {
         sampler_(SamplerOptions{}, config_.vocab_size) {
     tokens_.reserve(static_cast<std::size_t>(max_seq_len_));
     top_.reserve(GenerateOptions::kMaxTopLogprobs);
-    if (!options_.batcher) detail::start_threads(n_threads_);
+    if (!options_.batcher) threads_ = std::make_unique<ThreadPool>(n_threads_, options_.spin);
   } catch (const std::bad_alloc&) {
     throw out_of_memory(bytes, "cannot be allocated");
   }
@@ -387,11 +390,7 @@ class Session {
       throw Error(ErrorCode::kInvalidArgument,
                   "max_batch = " + std::to_string(options.max_batch) + " must be positive");
     }
-    if (options.n_threads < 0 || options.n_threads > detail::kMaxThreads) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "n_threads = " + std::to_string(options.n_threads) + " is outside [0, " +
-                      std::to_string(detail::kMaxThreads) + "] (0 = every core)");
-    }
+    detail::check_thread_options(options.n_threads, options.spin);
     check_kv_type(options.kv_type, model.config().kv_dim());
     if (options.batcher && &options.batcher->model() != &model) {
       throw Error(ErrorCode::kInvalidArgument, "the batcher serves another model");
@@ -563,7 +562,7 @@ class Session {
     }
     while (rest.n > 0) {
       const SequenceChunk chunk = split_front(rest, batch_, config_.vocab_size);
-      kvlm::forward(*model_, Span<const SequenceChunk>(&chunk, 1), scratch_, n_threads_,
+      kvlm::forward(*model_, Span<const SequenceChunk>(&chunk, 1), scratch_, *threads_,
                     options_.cancel);
     }
   }
@@ -619,6 +618,7 @@ class Session {
   SessionOptions options_;          // as given, with max_seq_len and n_threads filled in
   int max_seq_len_;
   int n_threads_;
+  std::unique_ptr<ThreadPool> threads_;  // [n_threads_] threads; none with a batcher, which has its own
   CacheMode cache_mode_;
   int batch_;                       // rows of every activation buffer
   std::vector<Token> tokens_;       // [position()], capacity max_seq_len
