@@ -27,5 +27,6 @@
 #include "kvlm/span.hpp"
 #include "kvlm/stop_strings.hpp"
 #include "kvlm/tensor.hpp"
+#include "kvlm/thread_pool.hpp"
 #include "kvlm/tokenizer.hpp"
 #include "kvlm/version.hpp"
