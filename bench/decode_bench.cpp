@@ -293,7 +293,8 @@ void BM_TokenLatency(benchmark::State& state) {
   state.counters["max_us"] = step_us.back();
   add_context(state, session.n_threads());
 }
-BENCHMARK(BM_TokenLatency)->Arg(0)->Arg(2000)->Arg(20000)->Iterations(4)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TokenLatency)
+    ->Arg(0)->Arg(2000)->Arg(20000)->Iterations(4)->Unit(benchmark::kMillisecond);
 
 // The machine's peaks, measured once per run and reused by the prefill benchmarks: 12 independent
 // chains of one instruction on every core. The chains carry their instruction sets, so a build

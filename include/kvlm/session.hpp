@@ -618,7 +618,7 @@ class Session {
   SessionOptions options_;          // as given, with max_seq_len and n_threads filled in
   int max_seq_len_;
   int n_threads_;
-  std::unique_ptr<ThreadPool> threads_;  // [n_threads_] threads; none with a batcher, which has its own
+  std::unique_ptr<ThreadPool> threads_;  // n_threads_ threads; none with a batcher (it has its own)
   CacheMode cache_mode_;
   int batch_;                       // rows of every activation buffer
   std::vector<Token> tokens_;       // [position()], capacity max_seq_len
