@@ -179,7 +179,8 @@ class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
   KVLM_REQUIRE_MODEL(gguf, std::string("tinygqa/tinygqa-") + bound.type + ".gguf");
-  // With the Q8_0 and Q4_0 matrices interleaved (where the path has kernels for it) and as stored.
+  // With the Q8_0, Q4_0 and Q4_K matrices interleaved (where the path has kernels for it) and as
+  // stored.
   for (const bool interleave : {true, false}) {
     LoadOptions options;
     options.interleave = interleave;
@@ -202,29 +203,45 @@ TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   }
 }
 
-// Where the path has interleaved kernels, every Q8_0 and Q4_0 matrix but the token embeddings
-// gets a copy of its own size, and the summary says so; with the option off, none does.
-TEST(GgufModel, InterleavesTheQ8_0AndQ4_0MatricesItMultiplies) {
-  KVLM_REQUIRE_MODEL(q4, "tinygqa/tinygqa-Q4_0.gguf");
-  const auto model = Model::load(q4);
-  if (kernels::kernels(DType::kQ4_0).gemm_interleaved == nullptr) {
-    EXPECT_EQ(model->interleaved_bytes(), 0u);
-    GTEST_SKIP() << "this CPU's path has no interleaved kernels";
-  }
-  std::size_t expected = model->classifier().byte_size();
-  for (int l = 0; l < model->config().n_layers; ++l) {
-    const BlockWeights& b = model->block(l);
-    for (const WeightView* w : b.matrices()) {
-      EXPECT_NE(w->interleaved, nullptr);
-      expected += w->byte_size();  // tinygqa's rows are whole groups of 16
+// Where the path has interleaved kernels, every matrix of a type it has them for (Q4_0; Q4_K but
+// not Q6_K in a Q4_K_M file) but the token embeddings gets a copy of its own size, and the
+// summary says so; with the option off, none does.
+TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
+  for (const char* file : {"tinygqa/tinygqa-Q4_0.gguf", "tinygqa/tinygqa-Q4_K_M.gguf"}) {
+    SCOPED_TRACE(file);
+    KVLM_REQUIRE_MODEL(path, file);
+    const auto model = Model::load(path);
+    if (kernels::kernels(DType::kQ4_0).gemm_interleaved == nullptr) {
+      EXPECT_EQ(model->interleaved_bytes(), 0u);
+      GTEST_SKIP() << "this CPU's path has no interleaved kernels";
     }
+    const auto has_kernel = [](const WeightView& w) {
+      return kernels::kernels(w.dtype).gemm_interleaved != nullptr;
+    };
+    std::size_t expected = 0;
+    int interleaved = 0, stored = 0;
+    std::vector<const WeightView*> matrices = {&model->classifier()};
+    for (int l = 0; l < model->config().n_layers; ++l) {
+      for (const WeightView* w : model->block(l).matrices()) matrices.push_back(w);
+    }
+    for (const WeightView* w : matrices) {
+      EXPECT_EQ(w->interleaved != nullptr, has_kernel(*w)) << to_string(w->dtype);
+      if (has_kernel(*w)) {
+        expected += w->byte_size();  // tinygqa's rows are whole groups of 16
+        ++interleaved;
+      } else {
+        ++stored;
+      }
+    }
+    EXPECT_GT(interleaved, 0);
+    EXPECT_EQ(stored > 0, std::string(file).find("K_M") != std::string::npos);  // its Q6_K
+    EXPECT_EQ(model->token_embedding().interleaved, nullptr);
+    EXPECT_EQ(model->interleaved_bytes(), expected);
+    EXPECT_NE(model->summary().find("interleaved"), std::string::npos) << model->summary();
+    LoadOptions off;
+    off.interleave = false;
+    EXPECT_EQ(Model::load(path, "", off)->interleaved_bytes(), 0u);
   }
-  EXPECT_EQ(model->token_embedding().interleaved, nullptr);
-  EXPECT_EQ(model->interleaved_bytes(), expected);
-  EXPECT_NE(model->summary().find("interleaved"), std::string::npos) << model->summary();
-  LoadOptions off;
-  off.interleave = false;
-  EXPECT_EQ(Model::load(q4, "", off)->interleaved_bytes(), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(LlamaCppFiles, GgufTypes, ::testing::ValuesIn(kBounds),

@@ -512,14 +512,29 @@ void expect_gemm_equals_gemv(const TypeKernels& k, const TypeKernels& ref, DType
                           });
 }
 
-// The interleaved copy of w (a Q8_0 or Q4_0 matrix) times n_tokens tokens xq over rows
-// [row_begin, row_end), ldy = rows + 3: the scalar twin is within the gemv tolerance of the
-// scalar gemv on the stored rows, and k's kernel (if the path has one) is the twin bit for bit,
-// gives each token what it gives that token alone, and leaves the other outputs as they were.
+// The scalar twin of type t's interleaved kernel.
+using InterleavedKernel = void (*)(const void*, std::int64_t, std::int64_t, std::int64_t,
+                                   const ActivationBlock*, std::int64_t, float*, std::int64_t);
+InterleavedKernel interleaved_twin(DType t) {
+  switch (t) {
+    case DType::kQ4_0: return scalar::gemm_interleaved<BlockQ4_0x16>;
+    case DType::kQ8_0: return scalar::gemm_interleaved<BlockQ8_0x16>;
+    default: return scalar::gemm_interleaved<BlockQ4_Kx16>;
+  }
+}
+
+// The interleaved copy of w (of a type with an interleaved layout) times n_tokens tokens xq over
+// rows [row_begin, row_end), ldy = rows + 3: the scalar twin is within the gemv tolerance (of
+// magnitudes_of(token)) of the scalar gemv on the stored rows (gemv_f32 on the decoded
+// activation for the K types, whose gemv takes other blocks), and k's kernel (if the path has
+// one) is the twin bit for bit, gives each token what it gives that token alone, and leaves the
+// other outputs as they were.
+template <typename Magnitudes>
 void expect_interleaved_matches(const TypeKernels& k, DType t, const std::vector<std::uint8_t>& w,
                                 std::int64_t rows, std::int64_t cols,
                                 const std::vector<BlockQ8_0>& xq, std::int64_t n_tokens,
-                                std::int64_t row_begin, std::int64_t row_end) {
+                                std::int64_t row_begin, std::int64_t row_end,
+                                const Magnitudes& magnitudes_of) {
   SCOPED_TRACE("rows [" + std::to_string(row_begin) + ", " + std::to_string(row_end) + ") of " +
                std::to_string(n_tokens) + " tokens");
   const std::int64_t n_blocks = cols / 32, ldy = rows + 3;
@@ -529,22 +544,27 @@ void expect_interleaved_matches(const TypeKernels& k, DType t, const std::vector
   for (std::int64_t i = 0; i < n_tokens; ++i) {
     prepare_interleaved(xq.data() + i * n_blocks, cols, x.data() + i * n_blocks);
   }
-  const auto twin = t == DType::kQ4_0 ? scalar::gemm_interleaved<BlockQ4_0x16>
-                                      : scalar::gemm_interleaved<BlockQ8_0x16>;
   std::vector<float> y_twin(static_cast<std::size_t>(n_tokens * ldy), -7.0f);
-  twin(wi.data(), row_begin, row_end, cols, x.data(), n_tokens, y_twin.data(), ldy);
+  interleaved_twin(t)(wi.data(), row_begin, row_end, cols, x.data(), n_tokens, y_twin.data(), ldy);
   std::vector<float> y = y_twin;
   if (k.gemm_interleaved != nullptr) {
     std::fill(y.begin(), y.end(), -7.0f);
     k.gemm_interleaved(wi.data(), row_begin, row_end, cols, x.data(), n_tokens, y.data(), ldy);
     ASSERT_EQ(y, y_twin);
   }
+  const TypeKernels& ref = kernels(t, Simd::kScalar);
   std::vector<float> y_ref(static_cast<std::size_t>(rows)), alone(y_ref.size(), -7.0f);
   for (std::int64_t i = 0; i < n_tokens; ++i) {
     SCOPED_TRACE("token " + std::to_string(i));
     const std::vector<BlockQ8_0> token(xq.begin() + i * n_blocks, xq.begin() + (i + 1) * n_blocks);
-    kernels(t, Simd::kScalar).gemv(w.data(), rows, cols, token.data(), y_ref.data());
-    const std::vector<double> magnitude = magnitudes(t, w, rows, cols, decode_activation(token));
+    if (ref.decode_activation == DType::kQ8_0) {
+      ref.gemv(w.data(), rows, cols, token.data(), y_ref.data());
+    } else {
+      const std::vector<double> decoded = decode_activation(token);
+      const std::vector<float> x_float(decoded.begin(), decoded.end());
+      ref.gemv_f32(w.data(), rows, cols, x_float.data(), y_ref.data());
+    }
+    const std::vector<double> magnitude = magnitudes_of(token);
     if (k.gemm_interleaved != nullptr) {
       k.gemm_interleaved(wi.data(), row_begin, row_end, cols, x.data() + i * n_blocks, 1,
                          alone.data(), ldy);
@@ -561,6 +581,17 @@ void expect_interleaved_matches(const TypeKernels& k, DType t, const std::vector
       }
     }
   }
+}
+
+// expect_interleaved_matches for Q8_0 and Q4_0, whose magnitudes decode() gives.
+void expect_interleaved_matches(const TypeKernels& k, DType t, const std::vector<std::uint8_t>& w,
+                                std::int64_t rows, std::int64_t cols,
+                                const std::vector<BlockQ8_0>& xq, std::int64_t n_tokens,
+                                std::int64_t row_begin, std::int64_t row_end) {
+  expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, row_begin, row_end,
+                             [&](const std::vector<BlockQ8_0>& token) {
+                               return magnitudes(t, w, rows, cols, decode_activation(token));
+                             });
 }
 
 // --- gemv --------------------------------------------------------------------------------------
@@ -1571,6 +1602,16 @@ TEST(KernelsKQuant, EveryPathMatchesScalarOnMatricesLargeEnoughToPrefetch) {
   }
 }
 
+// Two tokens of 512 values: a huge block (+-65504), one of alternating signs, then their
+// negations (q = -127 .. 127 in every lane once quantized).
+std::vector<float> extreme_tokens() {
+  std::vector<float> x(1024);
+  for (std::size_t i = 0; i < 256; ++i) x[i] = i % 3 == 0 ? -65504.0f : 65504.0f;
+  for (std::size_t i = 256; i < 512; ++i) x[i] = i % 2 ? -3.0f : 3.0f;
+  for (std::size_t i = 512; i < 1024; ++i) x[i] = -x[i - 512];
+  return x;
+}
+
 // gemm for the K types, on random and extreme blocks: each token gets what gemv gives it alone.
 TEST(KernelsKQuant, GemmGivesEachTokenWhatItsGemvGivesItAlone) {
   int paths = 0;
@@ -1600,21 +1641,88 @@ TEST(KernelsKQuant, GemmGivesEachTokenWhatItsGemvGivesItAlone) {
           }
         }
       }
-      // Extreme blocks against a huge activation block, one of alternating signs, and their
-      // negations (q = -127 .. 127 in every lane).
+      // Extreme blocks against extreme tokens.
       const std::int64_t cols = 512;
       std::int64_t rows = 0;
       const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
-      std::vector<float> x(static_cast<std::size_t>(2 * cols));
-      for (std::int64_t i = 0; i < 256; ++i) x[i] = i % 3 == 0 ? -65504.0f : 65504.0f;
-      for (std::int64_t i = 256; i < 512; ++i) x[i] = i % 2 ? -3.0f : 3.0f;
-      for (std::int64_t i = 512; i < 1024; ++i) x[i] = -x[i - 512];
       SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + shape_name(t, rows, cols));
-      expect_gemm_equals_gemv(k, kernels(t, Simd::kScalar), w, rows, cols, quantized_k(x), 2,
+      expect_gemm_equals_gemv(k, kernels(t, Simd::kScalar), w, rows, cols,
+                              quantized_k(extreme_tokens()), 2,
                               magnitudes_of(w, rows, cols));
     }
   }
   if (paths == 0) GTEST_SKIP() << "no path on this CPU has a K gemm kernel";
+}
+
+// Q4_K's interleaved copy (BlockQ4_Kx16), on random and extreme blocks: every path is its
+// scalar twin bit for bit and each token gets what it gets alone; the twin is within the gemv
+// tolerance of the stored rows times the same 8-bit activation.
+TEST(KernelsKQuant, InterleavedQ4_KMatchesItsTwinAndTheStoredRows) {
+  const DType t = DType::kQ4_K;
+  const auto magnitudes_of = [t](const std::vector<std::uint8_t>& w, std::int64_t rows,
+                                 std::int64_t cols) {
+    return [&w, t, rows, cols](const std::vector<BlockQ8_0>& token) {
+      return k_magnitudes(t, w, rows, cols, decode_activation(token));
+    };
+  };
+  for (Simd simd : supported_paths()) {
+    const TypeKernels& k = kernels(t, simd);
+    for (std::int64_t cols : {256, 768}) {
+      for (std::int64_t rows : kRowCounts) {
+        for (std::int64_t n_tokens : {1, 2, 7, 8, 9, 17}) {
+          SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+          const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols + n_tokens * 7);
+          const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, seed);
+          const std::vector<BlockQ8_0> xq =
+              quantized(random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1));
+          const auto mags = magnitudes_of(w, rows, cols);
+          expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 0, rows, mags);
+          if (rows > 4) expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 3, rows - 1, mags);
+        }
+      }
+    }
+    // Extreme blocks against extreme tokens.
+    const std::int64_t cols = 512;
+    std::int64_t rows = 0;
+    const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
+    SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + shape_name(t, rows, cols));
+    expect_interleaved_matches(k, t, w, rows, cols, quantized(extreme_tokens()), 2, 0, rows,
+                               magnitudes_of(w, rows, cols));
+  }
+}
+
+TEST(KernelsKQuant, InterleavedQ4_KLayoutHoldsEachRowsBlocks) {
+  // Independent of the kernels: every q, scale and minimum of every row, read back from the
+  // layout, against the stored blocks; the padding rows are zero.
+  const DType t = DType::kQ4_K;
+  const std::int64_t rows = 19, cols = 512, n_blocks = 2;
+  const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, 5);
+  std::vector<std::uint8_t> wi(interleaved_bytes(t, rows, cols));
+  ASSERT_EQ(wi.size(), 32 * row_bytes(t, cols));  // two groups, the second padded
+  interleave(t, w.data(), rows, cols, wi.data());
+  const auto* groups = reinterpret_cast<const BlockQ4_Kx16*>(wi.data());
+  for (std::int64_t r = 0; r < 32; ++r) {
+    for (std::int64_t b = 0; b < n_blocks; ++b) {
+      const BlockQ4_Kx16& o = groups[r / 16 * n_blocks + b];
+      const int lane = static_cast<int>(r % 16);
+      const BlockQ4_K zero{};
+      const BlockQ4_K& in =
+          r < rows ? reinterpret_cast<const BlockQ4_K*>(w.data())[r * n_blocks + b] : zero;
+      ASSERT_EQ(o.d[lane], in.d);
+      ASSERT_EQ(o.dmin[lane], in.dmin);
+      for (int j = 0; j < 8; ++j) {
+        const ScaleMin expected = scale_min_k4(in.scales, j), got = scale_min(o, j, lane);
+        ASSERT_EQ(got.scale, expected.scale) << "row " << r << " sub-block " << j;
+        ASSERT_EQ(got.min, expected.min) << "row " << r << " sub-block " << j;
+        for (int l = 0; l < 32; ++l) {  // the nibble of element l of sub-block j
+          const std::uint8_t stored = in.qs[32 * (j / 2) + l];
+          const std::uint8_t copied = o.qs[j / 2][l / 4][4 * lane + l % 4];
+          ASSERT_EQ(j % 2 == 0 ? copied & 0x0F : copied >> 4,
+                    j % 2 == 0 ? stored & 0x0F : stored >> 4);
+        }
+      }
+    }
+  }
 }
 
 TEST(KernelsKQuant, IntegerPathStaysWithinTheActivationQuantizationError) {

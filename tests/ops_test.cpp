@@ -270,14 +270,38 @@ TEST(OpsMatmul, ScratchSizedForItsWeightsServesEveryBatch) {
   }
 }
 
-// A weight's interleaved copy gives what its stored rows give (the same integer sums, added in
-// another order) for decode, sessions decoding together and prefill, and each token the same as
-// alone. Three threads split the rows of the second product mid-group of 16; 150 rows end one.
+// The exactly dequantized rows of w: [out, in] times x: [n_tokens, in] rounded to
+// quantize_activation's 8-bit blocks, in double: what an interleaved Q4_K product computes, up to
+// float rounding.
+std::vector<double> times_8_bit_activation(const WeightView& w, const Tensor<float>& x) {
+  const std::int64_t in = w.cols;
+  std::vector<double> y(static_cast<std::size_t>(x.view().rows() * w.rows));
+  std::vector<float> row(static_cast<std::size_t>(in));
+  std::vector<BlockQ8_0> xq(static_cast<std::size_t>(in / 32));
+  for (std::int64_t t = 0; t < x.view().rows(); ++t) {
+    kernels::scalar::quantize_activation(x.view().row(t), xq.data(), in);
+    for (std::int64_t r = 0; r < w.rows; ++r) {
+      kernels::scalar::to_float(w.dtype, w.row(r), row.data(), in);
+      double sum = 0.0;
+      for (std::int64_t i = 0; i < in; ++i) {
+        sum += static_cast<double>(row[i]) * fp16_to_fp32(xq[i / 32].d) * xq[i / 32].qs[i % 32];
+      }
+      y[t * w.rows + r] = sum;
+    }
+  }
+  return y;
+}
+
+// A weight's interleaved copy gives what its stored rows give (Q8_0, Q4_0: the same integer
+// sums, added in another order; Q4_K, whose stored rows take another activation: the exact
+// product with its own) for decode, sessions decoding together and prefill, and each token the
+// same as alone. Three threads split the rows of the second product mid-group of 16; 150 rows
+// end one.
 TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
   const std::int64_t in = 256, out = 150;
   const Tensor<float> w = random_tensor(out, in, 41);
   int tested = 0;
-  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
     if (kernels::kernels(type).gemm_interleaved == nullptr) continue;
     ++tested;
     std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
@@ -296,11 +320,13 @@ TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
       ThreadPool three(3), one(1);
       matmul(x.view(), {Product{plain, y_plain.view()}, Product{interleaved, y.view()}}, scratch,
              three);
+      const std::vector<double> exact =
+          type == DType::kQ4_K ? times_8_bit_activation(plain, x) : std::vector<double>();
       for (std::int64_t t = 0; t < n_tokens; t += 4) {
         matmul(x.view().rows_slice(t, 1), interleaved, alone.view(), scratch, one);
         for (std::int64_t r = 0; r < out; ++r) {
-          const float expected = y_plain.view().row(t)[r];
-          ASSERT_NEAR(y.view().row(t)[r], expected, 1e-4f * (1.0f + std::fabs(expected)))
+          const double expected = exact.empty() ? y_plain.view().row(t)[r] : exact[t * out + r];
+          ASSERT_NEAR(y.view().row(t)[r], expected, 1e-4 * (1.0 + std::fabs(expected)))
               << to_string(type) << " " << n_tokens << " tokens, token " << t << " row " << r;
           ASSERT_EQ(y.view().row(t)[r], alone.view().row(0)[r])
               << to_string(type) << " " << n_tokens << " tokens, token " << t << " row " << r;

@@ -1122,15 +1122,17 @@ KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* 
   }
 }
 
-// --- Interleaved rows (BlockQ4_0x16, BlockQ8_0x16; layouts in kernels/interleaved.hpp) ---------
-// Lane r of every vector is row r of a group of 16. A block column's weights unpack into 8
-// vectors, vector j holding elements 4j .. 4j + 3 of the 16 rows; each token's block is then 8
-// dpbusd with the token's bytes 4j .. 4j + 3 broadcast (starting from the sum that takes the
+// --- Interleaved rows (BlockQ4_0x16, BlockQ8_0x16, BlockQ4_Kx16; kernels/interleaved.hpp) -----
+// Lane r of every vector is row r of a group of 16. 32 weights of a group unpack into 8 vectors,
+// vector k holding elements 4k .. 4k + 3 of the 16 rows; each token's activation block is then 8
+// dpbusd with the token's bytes 4k .. 4k + 3 broadcast (starting from the sum that takes the
 // weights' offset off), one convert, one product by the token's scale and one FMA by the rows'
-// scales: 11 instructions for 16 rows, where the stored layout takes 2 per row. The outputs do
-// not depend on the number of tokens: each (row, token) adds the same blocks in the same order.
+// scales: 11 instructions for 16 rows, where the stored layout takes 2 per row. Q4_K adds one
+// FMA for its minimums per 32 weights; its sub-block scales and minimums are unpacked into
+// floats (d x scale, dmin x minimum) once per block for all the tokens. The outputs do not
+// depend on the number of tokens: each (row, token) adds the same blocks in the same order.
 
-// The q of block column b of 16 rows, vector j holding elements 4j .. 4j + 3.
+// The q of 32 weights of 16 rows, vector k holding elements 4k .. 4k + 3.
 KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ4_0x16& w, __m512i (&q)[8]) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   KVLM_UNROLL
@@ -1146,6 +1148,18 @@ KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ8_0x16& w, __m512i
   for (int k = 0; k < 8; ++k) q[k] = _mm512_loadu_si512(w.qs[k]);
 }
 
+// Sub-block j's q of 16 Q4_K rows: the low (j even) or high nibbles of chunks qs[j / 2].
+template <int kHigh>
+KVLM_TARGET_AVX512 inline void unpack_sub_block(const std::uint8_t (&qs)[8][4 * kInterleave],
+                                                __m512i (&q)[8]) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  KVLM_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    const __m512i bytes = _mm512_loadu_si512(qs[k]);
+    q[k] = _mm512_and_si512(kHigh ? _mm512_srli_epi16(bytes, 4) : bytes, low);
+  }
+}
+
 // Where a block's int32 sum starts, taking the stored offset (8 or 128) off.
 inline std::int32_t offset_sum(const BlockQ4_0x16&, const ActivationBlock& x) {
   return x.minus_8_sum;
@@ -1154,35 +1168,106 @@ inline std::int32_t offset_sum(const BlockQ8_0x16&, const ActivationBlock& x) {
   return x.minus_128_sum;
 }
 
-// acc[t] += the 16 rows of group w: [n_blocks] times token t, x: [kTokens, n_blocks].
-// Prefetches from w + ahead on unless ahead is 0.
+// The int32 sum of 16 rows' q (8 vectors as unpacked above) times one activation block.
+KVLM_TARGET_AVX512 inline __m512i dot_block(const __m512i (&q)[8], const ActivationBlock& a,
+                                            __m512i start) {
+  __m512i sum = start;
+  KVLM_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    std::int32_t four;
+    std::memcpy(&four, a.q + 4 * k, sizeof four);
+    sum = _mm512_dpbusd_epi32(sum, q[k], _mm512_set1_epi32(four));
+  }
+  return sum;
+}
+
+// Prefetches into L2 every cache line of the block at p.
+template <typename Block16>
+KVLM_TARGET_AVX512 inline void prefetch_block(const Block16* p) {
+  const auto* bytes = reinterpret_cast<const char*>(p);
+  KVLM_UNROLL
+  for (std::size_t line = 0; line < sizeof(Block16); line += 64) prefetch_l2(bytes + line);
+}
+
+// acc[t] += the 16 rows of group w: [n_blocks] times token t, x: kTokens tokens' activation
+// blocks, x_stride apart. Prefetches from w + ahead on unless ahead is 0.
 template <typename Block16, int kTokens>
 KVLM_TARGET_AVX512 inline void interleaved_tile(const Block16* w, std::int64_t n_blocks,
-                                                const ActivationBlock* x, __m512 (&acc)[kTokens],
-                                                std::int64_t ahead) {
+                                                const ActivationBlock* x, std::int64_t x_stride,
+                                                __m512 (&acc)[kTokens], std::int64_t ahead) {
   for (std::int64_t b = 0; b < n_blocks; ++b) {
-    if (ahead != 0) {
-      const auto* next = reinterpret_cast<const char*>(w + b + ahead);
-      KVLM_UNROLL
-      for (std::size_t line = 0; line < sizeof(Block16); line += 64) prefetch_l2(next + line);
-    }
+    if (ahead != 0) prefetch_block(w + b + ahead);
     __m512i q[8];
     unpack_interleaved(w[b], q);
     const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].d)));
     KVLM_UNROLL
     for (int t = 0; t < kTokens; ++t) {
-      const ActivationBlock& a = x[t * n_blocks + b];
-      __m512i sum = _mm512_set1_epi32(offset_sum(w[b], a));
-      KVLM_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        std::int32_t four;
-        std::memcpy(&four, a.q + 4 * j, sizeof four);
-        sum = _mm512_dpbusd_epi32(sum, q[j], _mm512_set1_epi32(four));
-      }
+      const ActivationBlock& a = x[t * x_stride + b];
+      const __m512i sum = dot_block(q, a, _mm512_set1_epi32(offset_sum(w[b], a)));
       const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a.d));
       acc[t] = _mm512_fmadd_ps(scaled, d, acc[t]);
     }
   }
+}
+
+// The 16 bytes of lane i (0..3) of v as 16 floats.
+KVLM_TARGET_AVX512 inline __m512 bytes_to_floats(__m512i v, int i) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lane128(v, i)));
+}
+
+// interleaved_tile for Q4_K: a block is 8 sub-blocks of 32, each meeting one activation block.
+template <int kTokens>
+KVLM_TARGET_AVX512 inline void interleaved_tile_k(const BlockQ4_Kx16* w, std::int64_t n_blocks,
+                                                const ActivationBlock* x, std::int64_t x_stride,
+                                                __m512 (&acc)[kTokens], std::int64_t ahead) {
+  // The sums in locals: GCC keeps an array behind a reference in memory, storing it at every
+  // update, where this function is too large to be inlined into its caller.
+  __m512 sums[kTokens];
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) sums[t] = acc[t];
+  const __m512i low4 = _mm512_set1_epi8(0x0F), high2 = _mm512_set1_epi8(0x30);
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    if (ahead != 0) prefetch_block(w + b + ahead);
+    // Sub-block j's scales and minimums, 6 bits each, in lane j % 4 of scales[j / 4] and
+    // mins[j / 4]: the low 4 bits from scales_low, the top 2 from nibble j / 4 of scales_high.
+    const __m512i high = _mm512_loadu_si512(w[b].scales_high);
+    const __m512i lows[2] = {_mm512_loadu_si512(w[b].scales_low[0]),
+                             _mm512_loadu_si512(w[b].scales_low[4])};
+    const __m512i scales[2] = {
+        _mm512_or_si512(_mm512_and_si512(lows[0], low4),
+                        _mm512_and_si512(_mm512_slli_epi16(high, 4), high2)),
+        _mm512_or_si512(_mm512_and_si512(lows[1], low4), _mm512_and_si512(high, high2))};
+    const __m512i mins[2] = {
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lows[0], 4), low4),
+                        _mm512_and_si512(_mm512_slli_epi16(high, 2), high2)),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lows[1], 4), low4),
+                        _mm512_and_si512(_mm512_srli_epi16(high, 2), high2))};
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].d)));
+    const __m512 dmin =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].dmin)));
+    const ActivationBlock* xb = x + b * (BlockQ4_Kx16::kSize / BlockQ8_0::kSize);
+    KVLM_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      const __m512 scale = _mm512_mul_ps(d, bytes_to_floats(scales[j / 4], j % 4));
+      const __m512 min = _mm512_mul_ps(dmin, bytes_to_floats(mins[j / 4], j % 4));
+      __m512i q[8];
+      if (j % 2 == 0) {
+        unpack_sub_block<0>(w[b].qs[j / 2], q);
+      } else {
+        unpack_sub_block<1>(w[b].qs[j / 2], q);
+      }
+      KVLM_UNROLL
+      for (int t = 0; t < kTokens; ++t) {
+        const ActivationBlock& a = xb[t * x_stride + j];
+        const __m512i sum = dot_block(q, a, _mm512_setzero_si512());
+        const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a.d));
+        sums[t] = _mm512_fmadd_ps(scaled, scale, sums[t]);
+        sums[t] = _mm512_fnmadd_ps(min, _mm512_set1_ps(a.d_sum), sums[t]);
+      }
+    }
+  }
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) acc[t] = sums[t];
 }
 
 // The 16 rows of group w times `tokens` (1 to kTokens) tokens, rows `lanes` of them stored:
@@ -1190,18 +1275,22 @@ KVLM_TARGET_AVX512 inline void interleaved_tile(const Block16* w, std::int64_t n
 template <typename Block16, int kTokens>
 KVLM_TARGET_AVX512 inline void interleaved_group(int tokens, const Block16* w,
                                                  std::int64_t n_blocks, const ActivationBlock* x,
-                                                 __mmask16 lanes, float* y, std::int64_t ldy,
-                                                 std::int64_t ahead) {
+                                                 std::int64_t x_stride, __mmask16 lanes, float* y,
+                                                 std::int64_t ldy, std::int64_t ahead) {
   if constexpr (kTokens > 1) {
     if (tokens < kTokens) {
-      return interleaved_group<Block16, kTokens - 1>(tokens, w, n_blocks, x, lanes, y, ldy,
-                                                     ahead);
+      return interleaved_group<Block16, kTokens - 1>(tokens, w, n_blocks, x, x_stride, lanes, y,
+                                                     ldy, ahead);
     }
   }
   __m512 acc[kTokens];
   KVLM_UNROLL
   for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
-  interleaved_tile<Block16, kTokens>(w, n_blocks, x, acc, ahead);
+  if constexpr (std::is_same_v<Block16, BlockQ4_Kx16>) {
+    interleaved_tile_k<kTokens>(w, n_blocks, x, x_stride, acc, ahead);
+  } else {
+    interleaved_tile<Block16, kTokens>(w, n_blocks, x, x_stride, acc, ahead);
+  }
   KVLM_UNROLL
   for (int t = 0; t < kTokens; ++t) _mm512_mask_storeu_ps(y + t * ldy, lanes, acc[t]);
 }
@@ -1215,7 +1304,7 @@ KVLM_TARGET_AVX512 inline void gemm_interleaved(const void* w, std::int64_t row_
                                                 std::int64_t row_end, std::int64_t cols,
                                                 const ActivationBlock* x, std::int64_t n_tokens,
                                                 float* y, std::int64_t ldy) {
-  const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
+  const std::int64_t n_blocks = cols / Block16::kSize, x_stride = cols / BlockQ8_0::kSize;
   const auto* groups = static_cast<const Block16*>(w);
   for (std::int64_t g = row_begin / kInterleave; g * kInterleave < row_end; ++g) {
     // The group's rows in [row_begin, row_end), as lanes; y from the group's first row.
@@ -1231,7 +1320,7 @@ KVLM_TARGET_AVX512 inline void gemm_interleaved(const void* w, std::int64_t row_
       const bool last = (g + 1) * kInterleave >= row_end;
       const std::int64_t ahead = t == 0 && !last ? n_blocks : 0;
       interleaved_group<Block16, kInterleavedTokens>(tokens, groups + g * n_blocks, n_blocks,
-                                                     x + t * n_blocks, lanes,
+                                                     x + t * x_stride, x_stride, lanes,
                                                      y + t * ldy + first, ldy, ahead);
     }
   }

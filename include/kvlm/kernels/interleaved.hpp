@@ -1,24 +1,25 @@
 #pragma once
-// Interleaved rows: Q8_0 and Q4_0 matrices rearranged at load time so that one vector holds the
-// same 4 weights of 16 rows. One VNNI instruction (dpbusd) then multiplies 16 rows by 4 bytes of
-// the activation broadcast to every lane, and a block's two scale multiplies serve 16 rows
-// instead of one: as stored, every 32-weight block of every row costs a convert, a scale product
-// and an FMA per token (kernels/avx512.hpp's gemm), which bound sessions decoding together and
-// prefill. The idea is ik_llama.cpp's Q4_0_R8 / Q8_0_R8.
+// Interleaved rows: Q8_0, Q4_0 and Q4_K matrices rearranged at load time so that one vector holds
+// the same 4 weights of 16 rows. One VNNI instruction (dpbusd) then multiplies 16 rows by 4 bytes
+// of the activation broadcast to every lane, and a block's scale products serve 16 rows instead
+// of one: as stored, every block of every row costs its own converts, scale products and
+// horizontal work per token (kernels/avx512.hpp's gemm), which bound sessions decoding together
+// and prefill. The idea is ik_llama.cpp's Q4_0_R8 / Q8_0_R8 / Q4_K_R8.
 //
-// The copy has the stored matrix's size exactly (the scales stay float16), so decoding reads as
-// many bytes as before. Model makes it at load time (LoadOptions::interleave) where the path has
-// kernels for it, and lets the file's pages go.
+// The copy has the stored matrix's size exactly (the scales stay float16, Q4_K's sub-block
+// scales 6 bits), so decoding reads as many bytes as before. Model makes it at load time
+// (LoadOptions::interleave) where the path has kernels for it, and lets the file's pages go.
 //
-// Layout of a [rows, cols] matrix: ceil(rows / 16) groups of 16 rows, each group cols / 32
-// consecutive Block16 (below), one per block column; rows past the last are zero (scale 0).
-// The kernels take the activation as ActivationBlock, prepared once per matmul.
+// Layout of a [rows, cols] matrix: ceil(rows / 16) groups of 16 rows, each group cols / kSize
+// consecutive blocks (below), one per block column; rows past the last are zero (scale 0).
+// The kernels take the activation as ActivationBlock, 32 weights' worth per block (Q4_K too:
+// its sub-blocks of 32 each meet one activation block), prepared once per matmul.
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
+#include "kvlm/detail/assert.hpp"
 #include "kvlm/dtype.hpp"
 
 namespace kvlm::kernels {
@@ -29,6 +30,7 @@ constexpr int kInterleave = 16;
 /// Block column b of 16 Q4_0 rows. Row r's qs[4k + i] (i < 4) is at qs[k][4r + i]: its low
 /// nibble is the row's element 4k + i and its high nibble element 16 + 4k + i, both as q + 8.
 struct BlockQ4_0x16 {
+  static constexpr int kSize = 32;        // weights per row
   std::uint16_t d[kInterleave];           // row r's scale, float16 bits
   std::uint8_t qs[4][4 * kInterleave];
 };
@@ -37,10 +39,32 @@ static_assert(sizeof(BlockQ4_0x16) == kInterleave * sizeof(BlockQ4_0));
 /// Block column b of 16 Q8_0 rows. Row r's element 4k + i (i < 4) is at qs[k][4r + i], as
 /// q + 128 in [0, 255], so that the weights are dpbusd's unsigned side.
 struct BlockQ8_0x16 {
+  static constexpr int kSize = 32;
   std::uint16_t d[kInterleave];           // row r's scale, float16 bits
   std::uint8_t qs[8][4 * kInterleave];
 };
 static_assert(sizeof(BlockQ8_0x16) == kInterleave * sizeof(BlockQ8_0));
+
+/// Block column b of 16 Q4_K rows (BlockQ4_K's fields, in lanes). Sub-block j's 6-bit scale and
+/// minimum of row r: their low 4 bits in scales_low[j][r] (the scale's in the low nibble), their
+/// top 2 bits in scales_high[j % 4][r], nibble j / 4 (the scale's in its bits 0-1, the
+/// minimum's in 2-3). Row r's qs[32c + 4k + i] (i < 4) is at qs[c][k][4r + i]: its low nibble is
+/// sub-block 2c's element 4k + i, its high nibble sub-block 2c + 1's.
+struct BlockQ4_Kx16 {
+  static constexpr int kSize = kQK_K;
+  std::uint16_t d[kInterleave];     // float16 bits
+  std::uint16_t dmin[kInterleave];  // float16 bits
+  std::uint8_t scales_low[8][kInterleave];
+  std::uint8_t scales_high[4][kInterleave];
+  std::uint8_t qs[4][8][4 * kInterleave];
+};
+static_assert(sizeof(BlockQ4_Kx16) == kInterleave * sizeof(BlockQ4_K));
+
+/// Sub-block j's scale and minimum of lane r of w.
+inline ScaleMin scale_min(const BlockQ4_Kx16& w, int j, int r) {
+  const int low = w.scales_low[j][r], high = w.scales_high[j % 4][r] >> (4 * (j / 4));
+  return {(low & 0x0F) | (high & 3) << 4, low >> 4 | (high >> 2 & 3) << 4};
+}
 
 /// One block of one token's activation as the interleaved kernels take it: quantize_activation's
 /// BlockQ8_0 with its scale as a float and the sums that take the weights' offsets off.
@@ -49,9 +73,15 @@ struct ActivationBlock {
   float d;
   std::int32_t minus_8_sum;    // -8 x the sum of q: Q4_0 stores q + 8
   std::int32_t minus_128_sum;  // -128 x the sum of q: Q8_0x16 stores q + 128
+  float d_sum;                 // d x the sum of q: what Q4_K's minimums multiply
 };
 
-/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (Q4_0 or Q8_0).
+/// Whether t has an interleaved layout.
+inline bool has_interleaved_layout(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ8_0 || t == DType::kQ4_K;
+}
+
+/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (has_interleaved_layout).
 inline std::size_t interleaved_bytes(DType t, std::int64_t rows, std::int64_t cols) {
   const auto groups = static_cast<std::size_t>((rows + kInterleave - 1) / kInterleave);
   return groups * kInterleave * row_bytes(t, cols);
@@ -59,45 +89,81 @@ inline std::size_t interleaved_bytes(DType t, std::int64_t rows, std::int64_t co
 
 namespace detail {
 
-template <typename Block, typename Block16>
-void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, Block16* out) {
-  constexpr int kChunks = sizeof(Block16::qs) / sizeof(Block16::qs[0]);
-  // Q8_0x16 stores q + 128: each q's bits with the sign bit flipped.
-  constexpr std::uint32_t kFlip = std::is_same_v<Block, BlockQ8_0> ? 0x80808080u : 0u;
-  // Every byte is written below but the padding rows of a last, partial group: zero them.
+// Zeroes the padding rows of a last, partial group (every other byte is written).
+template <typename Block16>
+void zero_padding(std::int64_t rows, std::int64_t n_blocks, Block16* out) {
   if (rows % kInterleave != 0) {
     std::memset(out + rows / kInterleave * n_blocks, 0,
                 static_cast<std::size_t>(n_blocks) * sizeof(Block16));
   }
+}
+
+// Row r's four bytes from `in` to lane r of `out`, xor `flip`.
+inline void put_four(const std::uint8_t* in, int lane, std::uint8_t* out, std::uint32_t flip = 0) {
+  std::uint32_t four;
+  std::memcpy(&four, in, sizeof four);
+  four ^= flip;
+  std::memcpy(out + 4 * lane, &four, sizeof four);
+}
+
+inline void interleave_block(const BlockQ4_0& in, int lane, BlockQ4_0x16& out) {
+  out.d[lane] = in.d;
+  for (int k = 0; k < 4; ++k) put_four(in.qs + 4 * k, lane, out.qs[k]);
+}
+
+// Q8_0x16 stores q + 128: each q's bits with the sign bit flipped.
+inline void interleave_block(const BlockQ8_0& in, int lane, BlockQ8_0x16& out) {
+  out.d[lane] = in.d;
+  for (int k = 0; k < 8; ++k) {
+    put_four(reinterpret_cast<const std::uint8_t*>(in.qs) + 4 * k, lane, out.qs[k], 0x80808080u);
+  }
+}
+
+inline void interleave_block(const BlockQ4_K& in, int lane, BlockQ4_Kx16& out) {
+  out.d[lane] = in.d;
+  out.dmin[lane] = in.dmin;
+  std::uint8_t scale_min[16];  // 8 scales, 8 minimums
+  unpack_scales_k4(in.scales, scale_min);
+  for (int j = 0; j < 4; ++j) out.scales_high[j][lane] = 0;
+  for (int j = 0; j < 8; ++j) {
+    const int scale = scale_min[j], min = scale_min[8 + j];
+    out.scales_low[j][lane] = static_cast<std::uint8_t>((scale & 0x0F) | (min & 0x0F) << 4);
+    out.scales_high[j % 4][lane] |=
+        static_cast<std::uint8_t>((scale >> 4 | (min >> 4) << 2) << (4 * (j / 4)));
+  }
+  for (int c = 0; c < 4; ++c) {
+    for (int k = 0; k < 8; ++k) put_four(in.qs + 32 * c + 4 * k, lane, out.qs[c][k]);
+  }
+}
+
+template <typename Block, typename Block16>
+void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, Block16* out) {
+  zero_padding(rows, n_blocks, out);
   // Row by row, so that each row is read in one pass; a group's blocks stay in cache meanwhile.
   for (std::int64_t r = 0; r < rows; ++r) {
     Block16* group = out + r / kInterleave * n_blocks;
     const int lane = static_cast<int>(r % kInterleave);
-    for (std::int64_t b = 0; b < n_blocks; ++b) {
-      const Block& in = w[r * n_blocks + b];
-      group[b].d[lane] = in.d;
-      for (int k = 0; k < kChunks; ++k) {
-        std::uint32_t four;
-        std::memcpy(&four, in.qs + 4 * k, sizeof four);
-        four ^= kFlip;
-        std::memcpy(&group[b].qs[k][4 * lane], &four, sizeof four);
-      }
-    }
+    for (std::int64_t b = 0; b < n_blocks; ++b) interleave_block(w[r * n_blocks + b], lane, group[b]);
   }
 }
 
 }  // namespace detail
 
-/// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0 or Q8_0) to out
+/// Writes the interleaved copy of w: [rows, cols] of type t (has_interleaved_layout) to out
 /// (interleaved_bytes(t, rows, cols) bytes).
 inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t cols, void* out) {
-  const std::int64_t n_blocks = cols / 32;
-  if (t == DType::kQ4_0) {
-    detail::interleave_rows(static_cast<const BlockQ4_0*>(w), rows, n_blocks,
-                            static_cast<BlockQ4_0x16*>(out));
-  } else {
-    detail::interleave_rows(static_cast<const BlockQ8_0*>(w), rows, n_blocks,
-                            static_cast<BlockQ8_0x16*>(out));
+  const std::int64_t n_blocks = cols / info(t).block_size;
+  switch (t) {
+    case DType::kQ4_0:
+      return detail::interleave_rows(static_cast<const BlockQ4_0*>(w), rows, n_blocks,
+                                     static_cast<BlockQ4_0x16*>(out));
+    case DType::kQ8_0:
+      return detail::interleave_rows(static_cast<const BlockQ8_0*>(w), rows, n_blocks,
+                                     static_cast<BlockQ8_0x16*>(out));
+    default:
+      KVLM_ASSERT(t == DType::kQ4_K);
+      return detail::interleave_rows(static_cast<const BlockQ4_K*>(w), rows, n_blocks,
+                                     static_cast<BlockQ4_Kx16*>(out));
   }
 }
 
@@ -112,6 +178,7 @@ inline void prepare_interleaved(const BlockQ8_0* x, std::int64_t cols, Activatio
     out[b].d = fp16_to_fp32(x[b].d);
     out[b].minus_8_sum = -8 * sum;
     out[b].minus_128_sum = -128 * sum;
+    out[b].d_sum = out[b].d * static_cast<float>(sum);
   }
 }
 

@@ -574,17 +574,55 @@ inline float dot_q8k(DType t, const void* row, const BlockQ8_K* xq, std::int64_t
   return sum;
 }
 
+namespace detail {
+
+// sum plus lane `lane` of block w times the activation blocks a (Block16::kSize / 32 of them),
+// as the AVX-512 kernel adds it: each 32 weights' int32 sum exact (the stored offset taken off),
+// then one rounded product and one fused multiply-add (Q4_K: and one for the minimum).
+inline float add_block(const BlockQ4_0x16& w, int lane, const ActivationBlock* a, float sum) {
+  std::int32_t dot = a->minus_8_sum;
+  for (int j = 0; j < 32; ++j) {
+    // Element j sits in chunk j % 16 / 4, byte j % 4 of the row's four; elements 16..31 are the
+    // high nibbles of the chunks of elements 0..15.
+    const std::uint8_t byte = w.qs[j % 16 / 4][4 * lane + j % 4];
+    dot += (j < 16 ? byte & 0x0F : byte >> 4) * a->q[j];
+  }
+  return std::fma(static_cast<float>(dot) * a->d, fp16_to_fp32(w.d[lane]), sum);
+}
+
+inline float add_block(const BlockQ8_0x16& w, int lane, const ActivationBlock* a, float sum) {
+  std::int32_t dot = a->minus_128_sum;
+  for (int j = 0; j < 32; ++j) dot += w.qs[j / 4][4 * lane + j % 4] * a->q[j];
+  return std::fma(static_cast<float>(dot) * a->d, fp16_to_fp32(w.d[lane]), sum);
+}
+
+inline float add_block(const BlockQ4_Kx16& w, int lane, const ActivationBlock* a, float sum) {
+  const float d = fp16_to_fp32(w.d[lane]), dmin = fp16_to_fp32(w.dmin[lane]);
+  for (int j = 0; j < 8; ++j) {  // sub-block j: the nibbles of chunks qs[j / 2]
+    std::int32_t dot = 0;
+    for (int l = 0; l < 32; ++l) {
+      const std::uint8_t byte = w.qs[j / 2][l / 4][4 * lane + l % 4];
+      dot += (j % 2 == 0 ? byte & 0x0F : byte >> 4) * a[j].q[l];
+    }
+    const ScaleMin sm = scale_min(w, j, lane);
+    sum = std::fma(static_cast<float>(dot) * a[j].d, d * static_cast<float>(sm.scale), sum);
+    sum = std::fma(-(dmin * static_cast<float>(sm.min)), a[j].d_sum, sum);
+  }
+  return sum;
+}
+
+}  // namespace detail
+
 /// The interleaved kernels' reference (layouts in kernels/interleaved.hpp):
-/// y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w: the interleaved copy of a
-/// Q4_0 (Block16 = BlockQ4_0x16) or Q8_0 (BlockQ8_0x16) matrix of cols columns; x: [n_tokens,
-/// cols / 32] from prepare_interleaved. Each block's int32 sum is exact; the blocks are added in
-/// float as the AVX-512 kernel adds them, one rounded product and one fused multiply-add each.
+/// y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w: the interleaved copy
+/// (Block16: BlockQ4_0x16, BlockQ8_0x16 or BlockQ4_Kx16) of a matrix of cols columns; x:
+/// [n_tokens, cols / 32] from prepare_interleaved. The blocks are added in order, in float.
 template <typename Block16>
 void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_end,
                       std::int64_t cols, const ActivationBlock* x, std::int64_t n_tokens, float* y,
                       std::int64_t ldy) {
-  constexpr bool kQ4 = std::is_same_v<Block16, BlockQ4_0x16>;
-  const std::int64_t n_blocks = cols / BlockQ8_0::kSize;
+  constexpr int kActivationBlocks = Block16::kSize / BlockQ8_0::kSize;
+  const std::int64_t n_blocks = cols / Block16::kSize, x_stride = cols / BlockQ8_0::kSize;
   const auto* groups = static_cast<const Block16*>(w);
   for (std::int64_t r = row_begin; r < row_end; ++r) {
     const Block16* row = groups + r / kInterleave * n_blocks;
@@ -592,17 +630,7 @@ void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_en
     for (std::int64_t t = 0; t < n_tokens; ++t) {
       float sum = 0.0f;
       for (std::int64_t b = 0; b < n_blocks; ++b) {
-        const ActivationBlock& a = x[t * n_blocks + b];
-        std::int32_t dot = kQ4 ? a.minus_8_sum : a.minus_128_sum;
-        for (int j = 0; j < BlockQ8_0::kSize; ++j) {
-          // Element j sits in chunk j / 4, byte j % 4 of the row's four; Q4_0's elements 16..31
-          // are the high nibbles of the chunks of elements 0..15.
-          const int k = kQ4 ? j % 16 / 4 : j / 4;
-          const std::uint8_t byte = row[b].qs[k][4 * lane + j % 4];
-          const int q = kQ4 ? (j < 16 ? byte & 0x0F : byte >> 4) : byte;
-          dot += q * a.q[j];
-        }
-        sum = std::fma(static_cast<float>(dot) * a.d, fp16_to_fp32(row[b].d[lane]), sum);
+        sum = detail::add_block(row[b], lane, x + t * x_stride + b * kActivationBlocks, sum);
       }
       y[t * ldy + r] = sum;
     }
