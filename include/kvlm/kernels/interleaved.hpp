@@ -76,12 +76,7 @@ struct ActivationBlock {
   float d_sum;                 // d x the sum of q: what Q4_K's minimums multiply
 };
 
-/// Whether t has an interleaved layout.
-inline bool has_interleaved_layout(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ8_0 || t == DType::kQ4_K;
-}
-
-/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (has_interleaved_layout).
+/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (Q4_0, Q8_0 or Q4_K).
 inline std::size_t interleaved_bytes(DType t, std::int64_t rows, std::int64_t cols) {
   const auto groups = static_cast<std::size_t>((rows + kInterleave - 1) / kInterleave);
   return groups * kInterleave * row_bytes(t, cols);
@@ -149,7 +144,7 @@ void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, B
 
 }  // namespace detail
 
-/// Writes the interleaved copy of w: [rows, cols] of type t (has_interleaved_layout) to out
+/// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0, Q8_0 or Q4_K) to out
 /// (interleaved_bytes(t, rows, cols) bytes).
 inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t cols, void* out) {
   const std::int64_t n_blocks = cols / info(t).block_size;
