@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -203,11 +204,16 @@ TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   }
 }
 
-// Where the path has interleaved kernels, every matrix of a type it has them for (Q4_0; Q4_K but
-// not Q6_K in a Q4_K_M file) but the token embeddings gets a copy of its own size, and the
-// summary says so; with the option off, none does.
+// Where the path has interleaved kernels, every matrix of a type it has them for (all of those in
+// these files) but the token embeddings gets a copy of its own size, and the summary says so;
+// with the option off, none does.
 TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
-  for (const char* file : {"tinygqa/tinygqa-Q4_0.gguf", "tinygqa/tinygqa-Q4_K_M.gguf"}) {
+  const std::pair<const char*, std::set<DType>> files[] = {
+      {"tinygqa/tinygqa-Q4_0.gguf", {DType::kQ4_0}},
+      {"tinygqa/tinygqa-Q4_K_M.gguf", {DType::kQ4_K, DType::kQ6_K}},
+      {"tinygqa/tinygqa-Q5_K_M.gguf", {DType::kQ5_K, DType::kQ6_K}},
+  };
+  for (const auto& [file, types] : files) {
     SCOPED_TRACE(file);
     KVLM_REQUIRE_MODEL(path, file);
     const auto model = Model::load(path);
@@ -215,26 +221,21 @@ TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
       EXPECT_EQ(model->interleaved_bytes(), 0u);
       GTEST_SKIP() << "this CPU's path has no interleaved kernels";
     }
-    const auto has_kernel = [](const WeightView& w) {
-      return kernels::kernels(w.dtype).gemm_interleaved != nullptr;
-    };
     std::size_t expected = 0;
-    int interleaved = 0, stored = 0;
+    std::set<DType> interleaved;
     std::vector<const WeightView*> matrices = {&model->classifier()};
     for (int l = 0; l < model->config().n_layers; ++l) {
       for (const WeightView* w : model->block(l).matrices()) matrices.push_back(w);
     }
     for (const WeightView* w : matrices) {
-      EXPECT_EQ(w->interleaved != nullptr, has_kernel(*w)) << to_string(w->dtype);
-      if (has_kernel(*w)) {
+      const bool has_kernel = kernels::kernels(w->dtype).gemm_interleaved != nullptr;
+      EXPECT_EQ(w->interleaved != nullptr, has_kernel) << to_string(w->dtype);
+      if (has_kernel) {
         expected += w->byte_size();  // tinygqa's rows are whole groups of 16
-        ++interleaved;
-      } else {
-        ++stored;
+        interleaved.insert(w->dtype);
       }
     }
-    EXPECT_GT(interleaved, 0);
-    EXPECT_EQ(stored > 0, std::string(file).find("K_M") != std::string::npos);  // its Q6_K
+    EXPECT_EQ(interleaved, types);
     EXPECT_EQ(model->token_embedding().interleaved, nullptr);
     EXPECT_EQ(model->interleaved_bytes(), expected);
     EXPECT_NE(model->summary().find("interleaved"), std::string::npos) << model->summary();

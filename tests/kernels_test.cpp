@@ -519,7 +519,9 @@ InterleavedKernel interleaved_twin(DType t) {
   switch (t) {
     case DType::kQ4_0: return scalar::gemm_interleaved<BlockQ4_0x16>;
     case DType::kQ8_0: return scalar::gemm_interleaved<BlockQ8_0x16>;
-    default: return scalar::gemm_interleaved<BlockQ4_Kx16>;
+    case DType::kQ4_K: return scalar::gemm_interleaved<BlockQ4_Kx16>;
+    case DType::kQ5_K: return scalar::gemm_interleaved<BlockQ5_Kx16>;
+    default: return scalar::gemm_interleaved<BlockQ6_Kx16>;
   }
 }
 
@@ -1654,40 +1656,44 @@ TEST(KernelsKQuant, GemmGivesEachTokenWhatItsGemvGivesItAlone) {
   if (paths == 0) GTEST_SKIP() << "no path on this CPU has a K gemm kernel";
 }
 
-// Q4_K's interleaved copy (BlockQ4_Kx16), on random and extreme blocks: every path is its
-// scalar twin bit for bit and each token gets what it gets alone; the twin is within the gemv
-// tolerance of the stored rows times the same 8-bit activation.
-TEST(KernelsKQuant, InterleavedQ4_KMatchesItsTwinAndTheStoredRows) {
-  const DType t = DType::kQ4_K;
-  const auto magnitudes_of = [t](const std::vector<std::uint8_t>& w, std::int64_t rows,
-                                 std::int64_t cols) {
-    return [&w, t, rows, cols](const std::vector<BlockQ8_0>& token) {
-      return k_magnitudes(t, w, rows, cols, decode_activation(token));
-    };
-  };
+// The K-quants' interleaved copies (BlockQ4_Kx16, BlockQ5_Kx16, BlockQ6_Kx16), on random and
+// extreme blocks: every path is its scalar twin bit for bit and each token gets what it gets
+// alone; the twin is within the gemv tolerance of the stored rows times the same 8-bit
+// activation.
+TEST(KernelsKQuant, InterleavedCopiesMatchTheirTwinsAndTheStoredRows) {
   for (Simd simd : supported_paths()) {
-    const TypeKernels& k = kernels(t, simd);
-    for (std::int64_t cols : {256, 768}) {
-      for (std::int64_t rows : kRowCounts) {
-        for (std::int64_t n_tokens : {1, 2, 7, 8, 9, 17}) {
-          SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
-          const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols + n_tokens * 7);
-          const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, seed);
-          const std::vector<BlockQ8_0> xq =
-              quantized(random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1));
-          const auto mags = magnitudes_of(w, rows, cols);
-          expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 0, rows, mags);
-          if (rows > 4) expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 3, rows - 1, mags);
+    for (DType t : kKTypes) {
+      const TypeKernels& k = kernels(t, simd);
+      const auto magnitudes_of = [t](const std::vector<std::uint8_t>& w, std::int64_t rows,
+                                     std::int64_t cols) {
+        return [&w, t, rows, cols](const std::vector<BlockQ8_0>& token) {
+          return k_magnitudes(t, w, rows, cols, decode_activation(token));
+        };
+      };
+      for (std::int64_t cols : {256, 768}) {
+        for (std::int64_t rows : kRowCounts) {
+          for (std::int64_t n_tokens : {1, 2, 7, 8, 9, 17}) {
+            SCOPED_TRACE(std::string(to_string(simd)) + " " + shape_name(t, rows, cols));
+            const auto seed = static_cast<std::uint32_t>(rows * 1000 + cols + n_tokens * 7);
+            const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, seed);
+            const std::vector<BlockQ8_0> xq =
+                quantized(random_floats(static_cast<std::size_t>(n_tokens * cols), seed + 1));
+            const auto mags = magnitudes_of(w, rows, cols);
+            expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 0, rows, mags);
+            if (rows > 4) {
+              expect_interleaved_matches(k, t, w, rows, cols, xq, n_tokens, 3, rows - 1, mags);
+            }
+          }
         }
       }
+      // Extreme blocks against extreme tokens.
+      const std::int64_t cols = 512;
+      std::int64_t rows = 0;
+      const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
+      SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + shape_name(t, rows, cols));
+      expect_interleaved_matches(k, t, w, rows, cols, quantized(extreme_tokens()), 2, 0, rows,
+                                 magnitudes_of(w, rows, cols));
     }
-    // Extreme blocks against extreme tokens.
-    const std::int64_t cols = 512;
-    std::int64_t rows = 0;
-    const std::vector<std::uint8_t> w = extreme_k_matrix(t, cols, rows);
-    SCOPED_TRACE(std::string(to_string(simd)) + " extreme " + shape_name(t, rows, cols));
-    expect_interleaved_matches(k, t, w, rows, cols, quantized(extreme_tokens()), 2, 0, rows,
-                               magnitudes_of(w, rows, cols));
   }
 }
 
@@ -1719,6 +1725,58 @@ TEST(KernelsKQuant, InterleavedQ4_KLayoutHoldsEachRowsBlocks) {
           const std::uint8_t copied = o.qs[j / 2][l / 4][4 * lane + l % 4];
           ASSERT_EQ(j % 2 == 0 ? copied & 0x0F : copied >> 4,
                     j % 2 == 0 ? stored & 0x0F : stored >> 4);
+        }
+      }
+    }
+  }
+}
+
+// Q5_K's and Q6_K's layouts, read back with q_of (whose Q4_K part the test above checks bit by
+// bit) against the stored blocks' q (k_block_q); the padding rows are zero.
+TEST(KernelsKQuant, InterleavedQ5_KAndQ6_KLayoutsHoldEachRowsBlocks) {
+  const std::int64_t rows = 19, cols = 512, n_blocks = 2;
+  for (DType t : {DType::kQ5_K, DType::kQ6_K}) {
+    SCOPED_TRACE(to_string(t));
+    const std::vector<std::uint8_t> w = random_k_matrix(t, rows, cols, 6);
+    std::vector<std::uint8_t> wi(interleaved_bytes(t, rows, cols));
+    ASSERT_EQ(wi.size(), 32 * row_bytes(t, cols));
+    interleave(t, w.data(), rows, cols, wi.data());
+    for (std::int64_t r = 0; r < 32; ++r) {
+      for (std::int64_t b = 0; b < n_blocks; ++b) {
+        const int lane = static_cast<int>(r % 16);
+        const std::int64_t at = r / 16 * n_blocks + b;  // the block column's index
+        int q[kQK_K] = {};  // the stored q; zero in the padding
+        if (t == DType::kQ5_K) {
+          const BlockQ5_Kx16& o = reinterpret_cast<const BlockQ5_Kx16*>(wi.data())[at];
+          const BlockQ5_K zero{};
+          const BlockQ5_K& in =
+              r < rows ? reinterpret_cast<const BlockQ5_K*>(w.data())[r * n_blocks + b] : zero;
+          std::uint8_t stored[kQK_K];
+          k_block_q(in, stored);
+          std::copy(stored, stored + kQK_K, q);
+          ASSERT_EQ(o.q4.d[lane], in.d);
+          ASSERT_EQ(o.q4.dmin[lane], in.dmin);
+          for (int j = 0; j < 8; ++j) {
+            ASSERT_EQ(scale_min(o.q4, j, lane).scale, scale_min_k4(in.scales, j).scale);
+            ASSERT_EQ(scale_min(o.q4, j, lane).min, scale_min_k4(in.scales, j).min);
+            for (int l = 0; l < 32; ++l) ASSERT_EQ(q_of(o, j, l, lane), q[32 * j + l]);
+          }
+        } else {
+          const BlockQ6_Kx16& o = reinterpret_cast<const BlockQ6_Kx16*>(wi.data())[at];
+          if (r < rows) {
+            const BlockQ6_K& in = reinterpret_cast<const BlockQ6_K*>(w.data())[r * n_blocks + b];
+            std::int8_t stored[kQK_K];
+            k_block_q(in, stored);
+            for (int i = 0; i < kQK_K; ++i) q[i] = stored[i] + 32;
+            ASSERT_EQ(o.d[lane], in.d);
+            for (int s = 0; s < 16; ++s) ASSERT_EQ(o.scales[s][lane], in.scales[s]);
+          } else {
+            ASSERT_EQ(o.d[lane], 0);
+            for (int s = 0; s < 16; ++s) ASSERT_EQ(o.scales[s][lane], 0);
+          }
+          for (int j = 0; j < 8; ++j) {
+            for (int l = 0; l < 32; ++l) ASSERT_EQ(q_of(o, j, l, lane), q[32 * j + l]);
+          }
         }
       }
     }

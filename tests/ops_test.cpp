@@ -293,15 +293,15 @@ std::vector<double> times_8_bit_activation(const WeightView& w, const Tensor<flo
 }
 
 // A weight's interleaved copy gives what its stored rows give (Q8_0, Q4_0: the same integer
-// sums, added in another order; Q4_K, whose stored rows take another activation: the exact
-// product with its own) for decode, sessions decoding together and prefill, and each token the
-// same as alone. Three threads split the rows of the second product mid-group of 16; 150 rows
-// end one.
+// sums, added in another order; the K-quants, whose stored rows take another activation: the
+// exact product with its own) for decode, sessions decoding together and prefill, and each
+// token the same as alone. Three threads split the rows of the second product mid-group of 16;
+// 150 rows end one.
 TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
   const std::int64_t in = 256, out = 150;
   const Tensor<float> w = random_tensor(out, in, 41);
   int tested = 0;
-  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     if (kernels::kernels(type).gemm_interleaved == nullptr) continue;
     ++tested;
     std::vector<std::byte> stored(static_cast<std::size_t>(out) * row_bytes(type, in));
@@ -320,8 +320,9 @@ TEST(OpsMatmul, InterleavedCopyGivesWhatTheStoredRowsGive) {
       ThreadPool three(3), one(1);
       matmul(x.view(), {Product{plain, y_plain.view()}, Product{interleaved, y.view()}}, scratch,
              three);
+      const bool k_quant = info(type).block_size == kQK_K;
       const std::vector<double> exact =
-          type == DType::kQ4_K ? times_8_bit_activation(plain, x) : std::vector<double>();
+          k_quant ? times_8_bit_activation(plain, x) : std::vector<double>();
       for (std::int64_t t = 0; t < n_tokens; t += 4) {
         matmul(x.view().rows_slice(t, 1), interleaved, alone.view(), scratch, one);
         for (std::int64_t r = 0; r < out; ++r) {

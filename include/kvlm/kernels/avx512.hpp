@@ -1122,15 +1122,16 @@ KVLM_TARGET_AVX512 inline void quantize_activation_k(const float* x, BlockQ8_K* 
   }
 }
 
-// --- Interleaved rows (BlockQ4_0x16, BlockQ8_0x16, BlockQ4_Kx16; kernels/interleaved.hpp) -----
+// --- Interleaved rows (kernels/interleaved.hpp) ----------------------------------------------
 // Lane r of every vector is row r of a group of 16. 32 weights of a group unpack into 8 vectors,
 // vector k holding elements 4k .. 4k + 3 of the 16 rows; each token's activation block is then 8
 // dpbusd with the token's bytes 4k .. 4k + 3 broadcast (starting from the sum that takes the
 // weights' offset off), one convert, one product by the token's scale and one FMA by the rows'
-// scales: 11 instructions for 16 rows, where the stored layout takes 2 per row. Q4_K adds one
-// FMA for its minimums per 32 weights; its sub-block scales and minimums are unpacked into
-// floats (d x scale, dmin x minimum) once per block for all the tokens. The outputs do not
-// depend on the number of tokens: each (row, token) adds the same blocks in the same order.
+// scales: 11 instructions for 16 rows, where the stored layout takes 2 per row. Q4_K and Q5_K add
+// one FMA for their minimums per 32 weights, Q6_K a convert and an FMA for the second scale of
+// its sub-blocks of 16; the K-quants' sub-block scales are unpacked into floats (d x scale) once
+// per sub-block for all the tokens. The outputs do not depend on the number of tokens: each
+// (row, token) adds the same blocks in the same order.
 
 // The q of 32 weights of 16 rows, vector k holding elements 4k .. 4k + 3.
 KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ4_0x16& w, __m512i (&q)[8]) {
@@ -1148,15 +1149,41 @@ KVLM_TARGET_AVX512 inline void unpack_interleaved(const BlockQ8_0x16& w, __m512i
   for (int k = 0; k < 8; ++k) q[k] = _mm512_loadu_si512(w.qs[k]);
 }
 
-// Sub-block j's q of 16 Q4_K rows: the low (j even) or high nibbles of chunks qs[j / 2].
-template <int kHigh>
-KVLM_TARGET_AVX512 inline void unpack_sub_block(const std::uint8_t (&qs)[8][4 * kInterleave],
-                                                __m512i (&q)[8]) {
+// Every byte of v with its bit `from` moved to bit `to`, and other bits of its own or of the
+// byte next to it elsewhere (for the caller to mask off: the shifts are 16-bit).
+KVLM_TARGET_AVX512 inline __m512i move_bits(__m512i v, int from, int to) {
+  return from > to ? _mm512_srli_epi16(v, from - to) : _mm512_slli_epi16(v, to - from);
+}
+
+// Sub-block j's q of 16 K-quant rows (as q_of in kernels/interleaved.hpp gives them): the low
+// (j even) or high nibbles of chunks qs[j / 2], with Q5_K's fifth bit and Q6_K's top two.
+KVLM_TARGET_AVX512 inline void unpack_sub_block(const std::uint8_t (&qs)[4][8][4 * kInterleave],
+                                                int j, __m512i (&q)[8]) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   KVLM_UNROLL
   for (int k = 0; k < 8; ++k) {
-    const __m512i bytes = _mm512_loadu_si512(qs[k]);
-    q[k] = _mm512_and_si512(kHigh ? _mm512_srli_epi16(bytes, 4) : bytes, low);
+    q[k] = _mm512_and_si512(move_bits(_mm512_loadu_si512(qs[j / 2][k]), 4 * (j % 2), 0), low);
+  }
+}
+KVLM_TARGET_AVX512 inline void unpack_sub_block(const BlockQ4_Kx16& w, int j, __m512i (&q)[8]) {
+  unpack_sub_block(w.qs, j, q);
+}
+KVLM_TARGET_AVX512 inline void unpack_sub_block(const BlockQ5_Kx16& w, int j, __m512i (&q)[8]) {
+  unpack_sub_block(w.q4.qs, j, q);
+  const __m512i fifth = _mm512_set1_epi8(0x10);
+  KVLM_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    const __m512i bits = move_bits(_mm512_loadu_si512(w.qh[k]), j, 4);
+    q[k] = _mm512_ternarylogic_epi32(q[k], bits, fifth, 0xF8);  // q | (bits & fifth)
+  }
+}
+KVLM_TARGET_AVX512 inline void unpack_sub_block(const BlockQ6_Kx16& w, int j, __m512i (&q)[8]) {
+  unpack_sub_block(w.qs, j, q);
+  const __m512i top = _mm512_set1_epi8(0x30);
+  KVLM_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    const __m512i bits = move_bits(_mm512_loadu_si512(w.qh[j / 4][k]), 2 * (j % 4), 4);
+    q[k] = _mm512_ternarylogic_epi32(q[k], bits, top, 0xF8);  // q | (bits & top)
   }
 }
 
@@ -1168,12 +1195,13 @@ inline std::int32_t offset_sum(const BlockQ8_0x16&, const ActivationBlock& x) {
   return x.minus_128_sum;
 }
 
-// The int32 sum of 16 rows' q (8 vectors as unpacked above) times one activation block.
+// start plus the int32 sum of 16 rows' q (vectors as unpacked above) times an activation
+// block, over vectors [first, first + count) (elements 4 first .. 4 (first + count) - 1).
 KVLM_TARGET_AVX512 inline __m512i dot_block(const __m512i (&q)[8], const ActivationBlock& a,
-                                            __m512i start) {
+                                            __m512i start, int first = 0, int count = 8) {
   __m512i sum = start;
   KVLM_UNROLL
-  for (int k = 0; k < 8; ++k) {
+  for (int k = first; k < first + count; ++k) {
     std::int32_t four;
     std::memcpy(&four, a.q + 4 * k, sizeof four);
     sum = _mm512_dpbusd_epi32(sum, q[k], _mm512_set1_epi32(four));
@@ -1215,11 +1243,12 @@ KVLM_TARGET_AVX512 inline __m512 bytes_to_floats(__m512i v, int i) {
   return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lane128(v, i)));
 }
 
-// interleaved_tile for Q4_K: a block is 8 sub-blocks of 32, each meeting one activation block.
-template <int kTokens>
-KVLM_TARGET_AVX512 inline void interleaved_tile_k(const BlockQ4_Kx16* w, std::int64_t n_blocks,
-                                                const ActivationBlock* x, std::int64_t x_stride,
-                                                __m512 (&acc)[kTokens], std::int64_t ahead) {
+// interleaved_tile for Q4_K and Q5_K: a block is 8 sub-blocks of 32, each meeting one
+// activation block.
+template <typename Block16, int kTokens>
+KVLM_TARGET_AVX512 inline void interleaved_tile_k4(const Block16* w, std::int64_t n_blocks,
+                                                   const ActivationBlock* x, std::int64_t x_stride,
+                                                   __m512 (&acc)[kTokens], std::int64_t ahead) {
   // The sums in locals: GCC keeps an array behind a reference in memory, storing it at every
   // update, where this function is too large to be inlined into its caller.
   __m512 sums[kTokens];
@@ -1228,11 +1257,12 @@ KVLM_TARGET_AVX512 inline void interleaved_tile_k(const BlockQ4_Kx16* w, std::in
   const __m512i low4 = _mm512_set1_epi8(0x0F), high2 = _mm512_set1_epi8(0x30);
   for (std::int64_t b = 0; b < n_blocks; ++b) {
     if (ahead != 0) prefetch_block(w + b + ahead);
+    const BlockQ4_Kx16& k4 = q4_fields(w[b]);
     // Sub-block j's scales and minimums, 6 bits each, in lane j % 4 of scales[j / 4] and
     // mins[j / 4]: the low 4 bits from scales_low, the top 2 from nibble j / 4 of scales_high.
-    const __m512i high = _mm512_loadu_si512(w[b].scales_high);
-    const __m512i lows[2] = {_mm512_loadu_si512(w[b].scales_low[0]),
-                             _mm512_loadu_si512(w[b].scales_low[4])};
+    const __m512i high = _mm512_loadu_si512(k4.scales_high);
+    const __m512i lows[2] = {_mm512_loadu_si512(k4.scales_low[0]),
+                             _mm512_loadu_si512(k4.scales_low[4])};
     const __m512i scales[2] = {
         _mm512_or_si512(_mm512_and_si512(lows[0], low4),
                         _mm512_and_si512(_mm512_slli_epi16(high, 4), high2)),
@@ -1242,20 +1272,16 @@ KVLM_TARGET_AVX512 inline void interleaved_tile_k(const BlockQ4_Kx16* w, std::in
                         _mm512_and_si512(_mm512_slli_epi16(high, 2), high2)),
         _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lows[1], 4), low4),
                         _mm512_and_si512(_mm512_srli_epi16(high, 2), high2))};
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].d)));
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k4.d)));
     const __m512 dmin =
-        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].dmin)));
-    const ActivationBlock* xb = x + b * (BlockQ4_Kx16::kSize / BlockQ8_0::kSize);
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k4.dmin)));
+    const ActivationBlock* xb = x + b * (Block16::kSize / BlockQ8_0::kSize);
     KVLM_UNROLL
     for (int j = 0; j < 8; ++j) {
       const __m512 scale = _mm512_mul_ps(d, bytes_to_floats(scales[j / 4], j % 4));
       const __m512 min = _mm512_mul_ps(dmin, bytes_to_floats(mins[j / 4], j % 4));
       __m512i q[8];
-      if (j % 2 == 0) {
-        unpack_sub_block<0>(w[b].qs[j / 2], q);
-      } else {
-        unpack_sub_block<1>(w[b].qs[j / 2], q);
-      }
+      unpack_sub_block(w[b], j, q);
       KVLM_UNROLL
       for (int t = 0; t < kTokens; ++t) {
         const ActivationBlock& a = xb[t * x_stride + j];
@@ -1263,6 +1289,45 @@ KVLM_TARGET_AVX512 inline void interleaved_tile_k(const BlockQ4_Kx16* w, std::in
         const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a.d));
         sums[t] = _mm512_fmadd_ps(scaled, scale, sums[t]);
         sums[t] = _mm512_fnmadd_ps(min, _mm512_set1_ps(a.d_sum), sums[t]);
+      }
+    }
+  }
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) acc[t] = sums[t];
+}
+
+// interleaved_tile for Q6_K: sub-block j of 32 meets activation block j; its halves of 16, each
+// with its own scale, are two dpbusd chains, each starting from -32 x its half's activation sum.
+template <int kTokens>
+KVLM_TARGET_AVX512 inline void interleaved_tile_q6(const BlockQ6_Kx16* w, std::int64_t n_blocks,
+                                                   const ActivationBlock* x, std::int64_t x_stride,
+                                                   __m512 (&acc)[kTokens], std::int64_t ahead) {
+  __m512 sums[kTokens];  // in locals, as interleaved_tile_k4's
+  KVLM_UNROLL
+  for (int t = 0; t < kTokens; ++t) sums[t] = acc[t];
+  for (std::int64_t b = 0; b < n_blocks; ++b) {
+    if (ahead != 0) prefetch_block(w + b + ahead);
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].d)));
+    const ActivationBlock* xb = x + b * (BlockQ6_Kx16::kSize / BlockQ8_0::kSize);
+    KVLM_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      __m512 scale[2];  // d x the scales of the sub-block's halves
+      KVLM_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const auto* bytes = reinterpret_cast<const __m128i*>(w[b].scales[2 * j + h]);
+        const __m512i ints = _mm512_cvtepi8_epi32(_mm_loadu_si128(bytes));
+        scale[h] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(ints));
+      }
+      __m512i q[8];
+      unpack_sub_block(w[b], j, q);
+      KVLM_UNROLL
+      for (int t = 0; t < kTokens; ++t) {
+        const ActivationBlock& a = xb[t * x_stride + j];
+        const __m512i low = dot_block(q, a, _mm512_set1_epi32(a.minus_32_sums[0]), 0, 4);
+        const __m512i high = dot_block(q, a, _mm512_set1_epi32(a.minus_32_sums[1]), 4, 4);
+        const __m512 scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(high), scale[1],
+                                              _mm512_mul_ps(_mm512_cvtepi32_ps(low), scale[0]));
+        sums[t] = _mm512_fmadd_ps(scaled, _mm512_set1_ps(a.d), sums[t]);
       }
     }
   }
@@ -1286,8 +1351,10 @@ KVLM_TARGET_AVX512 inline void interleaved_group(int tokens, const Block16* w,
   __m512 acc[kTokens];
   KVLM_UNROLL
   for (int t = 0; t < kTokens; ++t) acc[t] = _mm512_setzero_ps();
-  if constexpr (std::is_same_v<Block16, BlockQ4_Kx16>) {
-    interleaved_tile_k<kTokens>(w, n_blocks, x, x_stride, acc, ahead);
+  if constexpr (std::is_same_v<Block16, BlockQ4_Kx16> || std::is_same_v<Block16, BlockQ5_Kx16>) {
+    interleaved_tile_k4<Block16, kTokens>(w, n_blocks, x, x_stride, acc, ahead);
+  } else if constexpr (std::is_same_v<Block16, BlockQ6_Kx16>) {
+    interleaved_tile_q6<kTokens>(w, n_blocks, x, x_stride, acc, ahead);
   } else {
     interleaved_tile<Block16, kTokens>(w, n_blocks, x, x_stride, acc, ahead);
   }

@@ -1,19 +1,19 @@
 #pragma once
-// Interleaved rows: Q8_0, Q4_0 and Q4_K matrices rearranged at load time so that one vector holds
+// Interleaved rows: Q8_0, Q4_0 and K-quant matrices rearranged at load time so that one vector holds
 // the same 4 weights of 16 rows. One VNNI instruction (dpbusd) then multiplies 16 rows by 4 bytes
 // of the activation broadcast to every lane, and a block's scale products serve 16 rows instead
 // of one: as stored, every block of every row costs its own converts, scale products and
 // horizontal work per token (kernels/avx512.hpp's gemm), which bound sessions decoding together
-// and prefill. The idea is ik_llama.cpp's Q4_0_R8 / Q8_0_R8 / Q4_K_R8.
+// and prefill. The idea is ik_llama.cpp's Q4_0_R8 / Q8_0_R8 / Q4_K_R8 / Q6_K_R4.
 //
-// The copy has the stored matrix's size exactly (the scales stay float16, Q4_K's sub-block
-// scales 6 bits), so decoding reads as many bytes as before. Model makes it at load time
+// The copy has the stored matrix's size exactly (the scales stay float16, the K-quants' sub-block
+// scales 6 or 8 bits), so decoding reads as many bytes as before. Model makes it at load time
 // (LoadOptions::interleave) where the path has kernels for it, and lets the file's pages go.
 //
 // Layout of a [rows, cols] matrix: ceil(rows / 16) groups of 16 rows, each group cols / kSize
 // consecutive blocks (below), one per block column; rows past the last are zero (scale 0).
-// The kernels take the activation as ActivationBlock, 32 weights' worth per block (Q4_K too:
-// its sub-blocks of 32 each meet one activation block), prepared once per matmul.
+// The kernels take the activation as ActivationBlock, 32 weights' worth per block (the K-quants
+// too: each of their sub-blocks of 32 meets one activation block), prepared once per matmul.
 
 #include <cstddef>
 #include <cstdint>
@@ -60,10 +60,50 @@ struct BlockQ4_Kx16 {
 };
 static_assert(sizeof(BlockQ4_Kx16) == kInterleave * sizeof(BlockQ4_K));
 
+/// Block column b of 16 Q5_K rows: the scales, minimums and low 4 bits of q as BlockQ4_Kx16's,
+/// and the fifth bits: bit j of qh[k][4r + i] is that of row r's sub-block j's element 4k + i.
+struct BlockQ5_Kx16 {
+  static constexpr int kSize = kQK_K;
+  BlockQ4_Kx16 q4;
+  std::uint8_t qh[8][4 * kInterleave];
+};
+static_assert(sizeof(BlockQ5_Kx16) == kInterleave * sizeof(BlockQ5_K));
+
+/// Block column b of 16 Q6_K rows. Row r's scale of its sub-block s of 16 is scales[s][r]. Of
+/// its sub-block j of 32 (two sub-blocks of 16), element 4k + i's q (in [0, 63], the weight being
+/// d x scale x (q - 32)) has its low 4 bits in qs[j / 2][k][4r + i] as BlockQ4_Kx16's (the low
+/// nibble for j even), its top 2 bits in bits 2 (j % 4) and 2 (j % 4) + 1 of qh[j / 4][k][4r + i].
+struct BlockQ6_Kx16 {
+  static constexpr int kSize = kQK_K;
+  std::uint16_t d[kInterleave];  // float16 bits
+  std::int8_t scales[16][kInterleave];
+  std::uint8_t qs[4][8][4 * kInterleave];
+  std::uint8_t qh[2][8][4 * kInterleave];
+};
+static_assert(sizeof(BlockQ6_Kx16) == kInterleave * sizeof(BlockQ6_K));
+
 /// Sub-block j's scale and minimum of lane r of w.
 inline ScaleMin scale_min(const BlockQ4_Kx16& w, int j, int r) {
   const int low = w.scales_low[j][r], high = w.scales_high[j % 4][r] >> (4 * (j / 4));
   return {(low & 0x0F) | (high & 3) << 4, low >> 4 | (high >> 2 & 3) << 4};
+}
+
+/// The fields Q4_K and Q5_K share.
+inline const BlockQ4_Kx16& q4_fields(const BlockQ4_Kx16& w) { return w; }
+inline const BlockQ4_Kx16& q4_fields(const BlockQ5_Kx16& w) { return w.q4; }
+
+/// The q of element l of sub-block j (of 32) of lane r of w: in [0, 15] for Q4_K, [0, 31] for
+/// Q5_K, [0, 63] for Q6_K.
+inline int q_of(const std::uint8_t (&qs)[4][8][4 * kInterleave], int j, int l, int r) {
+  const std::uint8_t byte = qs[j / 2][l / 4][4 * r + l % 4];
+  return j % 2 == 0 ? byte & 0x0F : byte >> 4;
+}
+inline int q_of(const BlockQ4_Kx16& w, int j, int l, int r) { return q_of(w.qs, j, l, r); }
+inline int q_of(const BlockQ5_Kx16& w, int j, int l, int r) {
+  return q_of(w.q4, j, l, r) | (w.qh[l / 4][4 * r + l % 4] >> j & 1) << 4;
+}
+inline int q_of(const BlockQ6_Kx16& w, int j, int l, int r) {
+  return q_of(w.qs, j, l, r) | (w.qh[j / 4][l / 4][4 * r + l % 4] >> (2 * (j % 4)) & 3) << 4;
 }
 
 /// One block of one token's activation as the interleaved kernels take it: quantize_activation's
@@ -73,10 +113,11 @@ struct ActivationBlock {
   float d;
   std::int32_t minus_8_sum;    // -8 x the sum of q: Q4_0 stores q + 8
   std::int32_t minus_128_sum;  // -128 x the sum of q: Q8_0x16 stores q + 128
-  float d_sum;                 // d x the sum of q: what Q4_K's minimums multiply
+  float d_sum;                 // d x the sum of q: what Q4_K's and Q5_K's minimums multiply
+  std::int32_t minus_32_sums[2];  // -32 x the sums of q[0, 16) and q[16, 32): Q6_K stores q + 32
 };
 
-/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (Q4_0, Q8_0 or Q4_K).
+/// Bytes of the interleaved copy of a [rows, cols] matrix of type t (Q4_0, Q8_0 or a K-quant).
 inline std::size_t interleaved_bytes(DType t, std::int64_t rows, std::int64_t cols) {
   const auto groups = static_cast<std::size_t>((rows + kInterleave - 1) / kInterleave);
   return groups * kInterleave * row_bytes(t, cols);
@@ -114,7 +155,9 @@ inline void interleave_block(const BlockQ8_0& in, int lane, BlockQ8_0x16& out) {
   }
 }
 
-inline void interleave_block(const BlockQ4_K& in, int lane, BlockQ4_Kx16& out) {
+// Q4_K's fields, which Q5_K shares: the scales and minimums, and the low 4 bits of q.
+template <typename Block>
+void interleave_q4_fields(const Block& in, int lane, BlockQ4_Kx16& out) {
   out.d[lane] = in.d;
   out.dmin[lane] = in.dmin;
   std::uint8_t scale_min[16];  // 8 scales, 8 minimums
@@ -131,6 +174,40 @@ inline void interleave_block(const BlockQ4_K& in, int lane, BlockQ4_Kx16& out) {
   }
 }
 
+inline void interleave_block(const BlockQ4_K& in, int lane, BlockQ4_Kx16& out) {
+  interleave_q4_fields(in, lane, out);
+}
+
+inline void interleave_block(const BlockQ5_K& in, int lane, BlockQ5_Kx16& out) {
+  interleave_q4_fields(in, lane, out.q4);
+  std::uint8_t q[kQK_K];
+  k_block_q(in, q);
+  for (int l = 0; l < 32; ++l) {
+    std::uint8_t& bits = out.qh[l / 4][4 * lane + l % 4];
+    bits = 0;
+    for (int j = 0; j < 8; ++j) bits |= static_cast<std::uint8_t>((q[32 * j + l] >> 4) << j);
+  }
+}
+
+inline void interleave_block(const BlockQ6_K& in, int lane, BlockQ6_Kx16& out) {
+  out.d[lane] = in.d;
+  for (int s = 0; s < 16; ++s) out.scales[s][lane] = in.scales[s];
+  std::int8_t q[kQK_K];  // q - 32
+  k_block_q(in, q);
+  for (int l = 0; l < 32; ++l) {
+    const int at = 4 * lane + l % 4;
+    for (int c = 0; c < 4; ++c) {
+      const int low = q[64 * c + l] + 32, high = q[64 * c + 32 + l] + 32;
+      out.qs[c][l / 4][at] = static_cast<std::uint8_t>((low & 0x0F) | (high & 0x0F) << 4);
+    }
+    for (int h = 0; h < 2; ++h) {
+      int bits = 0;
+      for (int m = 0; m < 4; ++m) bits |= ((q[32 * (4 * h + m) + l] + 32) >> 4) << (2 * m);
+      out.qh[h][l / 4][at] = static_cast<std::uint8_t>(bits);
+    }
+  }
+}
+
 template <typename Block, typename Block16>
 void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, Block16* out) {
   zero_padding(rows, n_blocks, out);
@@ -144,7 +221,7 @@ void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, B
 
 }  // namespace detail
 
-/// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0, Q8_0 or Q4_K) to out
+/// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0, Q8_0 or a K-quant) to out
 /// (interleaved_bytes(t, rows, cols) bytes).
 inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t cols, void* out) {
   const std::int64_t n_blocks = cols / info(t).block_size;
@@ -155,25 +232,33 @@ inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t c
     case DType::kQ8_0:
       return detail::interleave_rows(static_cast<const BlockQ8_0*>(w), rows, n_blocks,
                                      static_cast<BlockQ8_0x16*>(out));
-    default:
-      KVLM_ASSERT(t == DType::kQ4_K);
+    case DType::kQ4_K:
       return detail::interleave_rows(static_cast<const BlockQ4_K*>(w), rows, n_blocks,
                                      static_cast<BlockQ4_Kx16*>(out));
+    case DType::kQ5_K:
+      return detail::interleave_rows(static_cast<const BlockQ5_K*>(w), rows, n_blocks,
+                                     static_cast<BlockQ5_Kx16*>(out));
+    default:
+      KVLM_ASSERT(t == DType::kQ6_K);
+      return detail::interleave_rows(static_cast<const BlockQ6_K*>(w), rows, n_blocks,
+                                     static_cast<BlockQ6_Kx16*>(out));
   }
 }
 
 /// x: [cols / 32] blocks from quantize_activation; out: [cols / 32].
 inline void prepare_interleaved(const BlockQ8_0* x, std::int64_t cols, ActivationBlock* out) {
   for (std::int64_t b = 0; b < cols / BlockQ8_0::kSize; ++b) {
-    std::int32_t sum = 0;
+    std::int32_t halves[2] = {0, 0};  // the sums of q[0, 16) and q[16, 32)
     for (int i = 0; i < BlockQ8_0::kSize; ++i) {
       out[b].q[i] = x[b].qs[i];
-      sum += x[b].qs[i];
+      halves[i / 16] += x[b].qs[i];
     }
+    const std::int32_t sum = halves[0] + halves[1];
     out[b].d = fp16_to_fp32(x[b].d);
     out[b].minus_8_sum = -8 * sum;
     out[b].minus_128_sum = -128 * sum;
     out[b].d_sum = out[b].d * static_cast<float>(sum);
+    for (int h = 0; h < 2; ++h) out[b].minus_32_sums[h] = -32 * halves[h];
   }
 }
 

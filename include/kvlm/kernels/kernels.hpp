@@ -242,9 +242,11 @@ inline constexpr TableEntry kAvx512Table[] = {
                     avx512::gemm<avx512::K4Rows<BlockQ4_K>>, avx512::prepare_k,
                     avx512::gemm_interleaved<BlockQ4_Kx16>}},
     {DType::kQ5_K, {kQuantizedKX, avx512::gemv_q5_k, avx512::gemv_q5_k_f32, avx512::to_float_q5_k,
-                    avx512::gemm<avx512::K4Rows<BlockQ5_K>>, avx512::prepare_k}},
+                    avx512::gemm<avx512::K4Rows<BlockQ5_K>>, avx512::prepare_k,
+                    avx512::gemm_interleaved<BlockQ5_Kx16>}},
     {DType::kQ6_K, {kQuantizedKX, avx512::gemv_q6_k, avx512::gemv_q6_k_f32, avx512::to_float_q6_k,
-                    avx512::gemm<avx512::Q6_KRows>, avx512::prepare_k}},
+                    avx512::gemm<avx512::Q6_KRows>, avx512::prepare_k,
+                    avx512::gemm_interleaved<BlockQ6_Kx16>}},
 };
 
 template <std::size_t kCount>

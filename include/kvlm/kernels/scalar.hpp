@@ -60,40 +60,6 @@ inline void to_float_q4_0(const BlockQ4_0* row, float* out, std::int64_t n) {
 // has not. kvlm always fuses, on every path (std::fma here; glibc runs it on the FMA unit when
 // there is one), so that all paths agree bit for bit whatever the build flags.
 
-// Q4_K and Q5_K: q (in [0, 31]) of the 256 weights of one block in order.
-inline void k_block_q(const BlockQ4_K& b, std::uint8_t* q) {
-  for (int c = 0; c < 4; ++c) {
-    for (int l = 0; l < 32; ++l) {
-      q[64 * c + l] = b.qs[32 * c + l] & 0x0F;
-      q[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
-    }
-  }
-}
-
-inline void k_block_q(const BlockQ5_K& b, std::uint8_t* q) {
-  for (int c = 0; c < 4; ++c) {
-    for (int l = 0; l < 32; ++l) {
-      q[64 * c + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] & 0x0F) | ((b.qh[l] >> (2 * c)) & 1) << 4);
-      q[64 * c + 32 + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] >> 4) | ((b.qh[l] >> (2 * c + 1)) & 1) << 4);
-    }
-  }
-}
-
-// Q6_K: q - 32 (in [-32, 31]) of the 256 weights of one block in order.
-inline void k_block_q(const BlockQ6_K& b, std::int8_t* q) {
-  for (int h = 0; h < 2; ++h) {
-    const std::uint8_t* ql = b.ql + 64 * h;
-    const std::uint8_t* qh = b.qh + 32 * h;
-    std::int8_t* o = q + 128 * h;
-    for (int l = 0; l < 32; ++l) {
-      o[l] = static_cast<std::int8_t>(((ql[l] & 0x0F) | ((qh[l] >> 0) & 3) << 4) - 32);
-      o[l + 32] = static_cast<std::int8_t>(((ql[l + 32] & 0x0F) | ((qh[l] >> 2) & 3) << 4) - 32);
-      o[l + 64] = static_cast<std::int8_t>(((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32);
-      o[l + 96] = static_cast<std::int8_t>(((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32);
-    }
-  }
-}
-
 // Q4_K and Q5_K (ggml's dequantize_row_q4_K / q5_K, fused as said above).
 template <typename Block>
 void to_float_k4(const Block* row, float* out, std::int64_t n) {
@@ -596,17 +562,41 @@ inline float add_block(const BlockQ8_0x16& w, int lane, const ActivationBlock* a
   return std::fma(static_cast<float>(dot) * a->d, fp16_to_fp32(w.d[lane]), sum);
 }
 
-inline float add_block(const BlockQ4_Kx16& w, int lane, const ActivationBlock* a, float sum) {
-  const float d = fp16_to_fp32(w.d[lane]), dmin = fp16_to_fp32(w.dmin[lane]);
-  for (int j = 0; j < 8; ++j) {  // sub-block j: the nibbles of chunks qs[j / 2]
+// Q4_K and Q5_K.
+template <typename Block16>
+float add_k4_block(const Block16& w, int lane, const ActivationBlock* a, float sum) {
+  const BlockQ4_Kx16& k4 = q4_fields(w);
+  const float d = fp16_to_fp32(k4.d[lane]), dmin = fp16_to_fp32(k4.dmin[lane]);
+  for (int j = 0; j < 8; ++j) {
     std::int32_t dot = 0;
-    for (int l = 0; l < 32; ++l) {
-      const std::uint8_t byte = w.qs[j / 2][l / 4][4 * lane + l % 4];
-      dot += (j % 2 == 0 ? byte & 0x0F : byte >> 4) * a[j].q[l];
-    }
-    const ScaleMin sm = scale_min(w, j, lane);
+    for (int l = 0; l < 32; ++l) dot += q_of(w, j, l, lane) * a[j].q[l];
+    const ScaleMin sm = scale_min(k4, j, lane);
     sum = std::fma(static_cast<float>(dot) * a[j].d, d * static_cast<float>(sm.scale), sum);
     sum = std::fma(-(dmin * static_cast<float>(sm.min)), a[j].d_sum, sum);
+  }
+  return sum;
+}
+
+inline float add_block(const BlockQ4_Kx16& w, int lane, const ActivationBlock* a, float sum) {
+  return add_k4_block(w, lane, a, sum);
+}
+
+inline float add_block(const BlockQ5_Kx16& w, int lane, const ActivationBlock* a, float sum) {
+  return add_k4_block(w, lane, a, sum);
+}
+
+// Q6_K: each half of a sub-block of 32 has its own scale; the two int32 sums are scaled and
+// added in float, then multiplied by the activation's scale.
+inline float add_block(const BlockQ6_Kx16& w, int lane, const ActivationBlock* a, float sum) {
+  const float d = fp16_to_fp32(w.d[lane]);
+  for (int j = 0; j < 8; ++j) {
+    std::int32_t dot[2] = {a[j].minus_32_sums[0], a[j].minus_32_sums[1]};
+    for (int l = 0; l < 32; ++l) dot[l / 16] += q_of(w, j, l, lane) * a[j].q[l];
+    const float scale[2] = {d * static_cast<float>(w.scales[2 * j][lane]),
+                            d * static_cast<float>(w.scales[2 * j + 1][lane])};
+    const float scaled =
+        std::fma(static_cast<float>(dot[1]), scale[1], static_cast<float>(dot[0]) * scale[0]);
+    sum = std::fma(scaled, a[j].d, sum);
   }
   return sum;
 }
@@ -615,8 +605,9 @@ inline float add_block(const BlockQ4_Kx16& w, int lane, const ActivationBlock* a
 
 /// The interleaved kernels' reference (layouts in kernels/interleaved.hpp):
 /// y[t * ldy + r] = row r · token t for r in [row_begin, row_end); w: the interleaved copy
-/// (Block16: BlockQ4_0x16, BlockQ8_0x16 or BlockQ4_Kx16) of a matrix of cols columns; x:
-/// [n_tokens, cols / 32] from prepare_interleaved. The blocks are added in order, in float.
+/// (Block16: BlockQ4_0x16, BlockQ8_0x16, BlockQ4_Kx16, BlockQ5_Kx16 or BlockQ6_Kx16) of a
+/// matrix of cols columns; x: [n_tokens, cols / 32] from prepare_interleaved. The blocks are
+/// added in order, in float.
 template <typename Block16>
 void gemm_interleaved(const void* w, std::int64_t row_begin, std::int64_t row_end,
                       std::int64_t cols, const ActivationBlock* x, std::int64_t n_tokens, float* y,
