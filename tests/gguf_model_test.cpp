@@ -180,11 +180,12 @@ class GgufTypes : public ::testing::TestWithParam<TypeBound> {};
 TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   const TypeBound bound = GetParam();
   KVLM_REQUIRE_MODEL(gguf, std::string("tinygqa/tinygqa-") + bound.type + ".gguf");
-  // With the Q8_0, Q4_0 and Q4_K matrices interleaved (where the path has kernels for it) and as
-  // stored.
-  for (const bool interleave : {true, false}) {
+  // As stored, with the Q8_0, Q4_0 and Q4_K matrices interleaved (where the path has kernels
+  // for it), and with the Q5_K and Q6_K ones too.
+  for (int interleave = 0; interleave < 3; ++interleave) {
     LoadOptions options;
-    options.interleave = interleave;
+    options.interleave = interleave > 0;
+    options.interleave_q5_k_q6_k = interleave == 2;
     const auto model = Model::load(gguf, "", options);
     const std::vector<Token> tokens = probe_tokens(model->config().vocab_size);
     const std::vector<double> reference = test::reference_logits(*model, tokens);
@@ -195,7 +196,9 @@ TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
       const double max_abs = max_abs_diff(logits, reference);
       const double cosine = worst_row_cosine(logits, reference, vocab);
       const std::string what = std::string(decode ? "decode" : "prefill") +
-                               (model->interleaved_bytes() > 0 ? ", interleaved" : "");
+                               (model->interleaved_bytes() == 0 ? ""
+                                : interleave == 2             ? ", all interleaved"
+                                                              : ", interleaved");
       std::printf("[ measured ] %s %s: max abs %.2e, worst-row cosine %.7f\n", bound.type,
                   what.c_str(), max_abs, cosine);
       EXPECT_LE(max_abs, bound.max_abs) << what;
@@ -204,19 +207,27 @@ TEST_P(GgufTypes, FastPathsMatchTheDequantizedReference) {
   }
 }
 
-// Where the path has interleaved kernels, every matrix of a type it has them for (all of those in
-// these files) but the token embeddings gets a copy of its own size, and the summary says so;
-// with the option off, none does.
+// Where the path has interleaved kernels, every matrix of a type it has them for and the options
+// ask for, but the token embeddings, gets a copy of its own size, and the summary says so; with
+// the option off, none does.
 TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
-  const std::pair<const char*, std::set<DType>> files[] = {
-      {"tinygqa/tinygqa-Q4_0.gguf", {DType::kQ4_0}},
-      {"tinygqa/tinygqa-Q4_K_M.gguf", {DType::kQ4_K, DType::kQ6_K}},
-      {"tinygqa/tinygqa-Q5_K_M.gguf", {DType::kQ5_K, DType::kQ6_K}},
+  struct Case {
+    const char* file;
+    bool q5_k_q6_k;        // LoadOptions::interleave_q5_k_q6_k
+    std::set<DType> types;  // the types interleaved
   };
-  for (const auto& [file, types] : files) {
-    SCOPED_TRACE(file);
+  const Case cases[] = {
+      {"tinygqa/tinygqa-Q4_0.gguf", false, {DType::kQ4_0}},
+      {"tinygqa/tinygqa-Q4_K_M.gguf", false, {DType::kQ4_K}},
+      {"tinygqa/tinygqa-Q4_K_M.gguf", true, {DType::kQ4_K, DType::kQ6_K}},
+      {"tinygqa/tinygqa-Q5_K_M.gguf", true, {DType::kQ5_K, DType::kQ6_K}},
+  };
+  for (const auto& [file, q5_k_q6_k, types] : cases) {
+    SCOPED_TRACE(std::string(file) + (q5_k_q6_k ? " with Q5_K and Q6_K" : ""));
     KVLM_REQUIRE_MODEL(path, file);
-    const auto model = Model::load(path);
+    LoadOptions options;
+    options.interleave_q5_k_q6_k = q5_k_q6_k;
+    const auto model = Model::load(path, "", options);
     if (kernels::kernels(DType::kQ4_0).gemm_interleaved == nullptr) {
       EXPECT_EQ(model->interleaved_bytes(), 0u);
       GTEST_SKIP() << "this CPU's path has no interleaved kernels";
@@ -228,9 +239,9 @@ TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
       for (const WeightView* w : model->block(l).matrices()) matrices.push_back(w);
     }
     for (const WeightView* w : matrices) {
-      const bool has_kernel = kernels::kernels(w->dtype).gemm_interleaved != nullptr;
-      EXPECT_EQ(w->interleaved != nullptr, has_kernel) << to_string(w->dtype);
-      if (has_kernel) {
+      const bool copied = types.count(w->dtype) > 0;
+      EXPECT_EQ(w->interleaved != nullptr, copied) << to_string(w->dtype);
+      if (copied) {
         expected += w->byte_size();  // tinygqa's rows are whole groups of 16
         interleaved.insert(w->dtype);
       }
@@ -239,9 +250,8 @@ TEST(GgufModel, InterleavesTheMatricesItHasKernelsFor) {
     EXPECT_EQ(model->token_embedding().interleaved, nullptr);
     EXPECT_EQ(model->interleaved_bytes(), expected);
     EXPECT_NE(model->summary().find("interleaved"), std::string::npos) << model->summary();
-    LoadOptions off;
-    off.interleave = false;
-    EXPECT_EQ(Model::load(path, "", off)->interleaved_bytes(), 0u);
+    options.interleave = false;
+    EXPECT_EQ(Model::load(path, "", options)->interleaved_bytes(), 0u);
   }
 }
 
