@@ -618,8 +618,8 @@ std::function<std::shared_ptr<const kvlm::Model>()> lazy_model(const std::string
   };
 }
 
-// The same file with its Q8_0 and Q4_0 matrices used as stored (LoadOptions::interleave off),
-// for the README's with and without columns; the name gains "-stored".
+// The same file with its matrices used as stored (LoadOptions::interleave off), for the README's
+// with and without columns; the name gains "-stored".
 kvlm::LoadOptions stored() {
   kvlm::LoadOptions options;
   options.interleave = false;
@@ -652,11 +652,11 @@ void register_batched_benchmarks() {
 }
 
 // Every weight type at a real size: the GGUF files in $KVLM_BENCH_MODELS named
-// <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M) (scripts/bench-types writes them with random_gguf), each as
-// BM_TypeDecode/<file> (16 tokens after a 128-token prompt, against the bandwidth roofline) and
-// BM_TypePrefill/<file> (512 tokens, against the FMA peak), on every core; and the same on one
-// thread, against one thread's bandwidth and one core's share of the peaks, as
-// BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
+// <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M; scripts/bench-types writes
+// them with random_gguf), each as BM_TypeDecode/<file> (16 tokens after a 128-token prompt,
+// against the bandwidth roofline) and BM_TypePrefill/<file> (512 tokens, against the FMA peak),
+// on every core; and the same on one thread, against one thread's bandwidth and one core's share
+// of the peaks, as BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
 void register_type_benchmarks() {
   const char* dir = std::getenv("KVLM_BENCH_MODELS");
   if (dir == nullptr || *dir == '\0') return;
