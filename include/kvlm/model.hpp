@@ -31,7 +31,7 @@ namespace kvlm {
 
 /// How Model::load prepares the weights.
 struct LoadOptions {
-  /// Copy the Q8_0, Q4_0 and K-quant matrices (all but the token embeddings) into the interleaved
+  /// Copy the Q8_0, Q4_0 and Q4_K matrices (all but the token embeddings) into the interleaved
   /// layout (kernels/interleaved.hpp), where this process's kernels have one (AVX-512 VNNI), and
   /// multiply by the copy. It holds as many bytes as the matrices; the file's pages under them
   /// are released after copying, so a process holds about what it holds without the copy. On
