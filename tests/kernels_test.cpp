@@ -1732,7 +1732,7 @@ TEST(KernelsKQuant, InterleavedQ4_KLayoutHoldsEachRowsBlocks) {
 }
 
 // Q5_K's and Q6_K's layouts, read back with q_of (whose Q4_K part the test above checks bit by
-// bit) against the stored blocks' q (k_block_q); the padding rows are zero.
+// bit) against the stored blocks' q (scalar::k_block_q); the padding rows are zero.
 TEST(KernelsKQuant, InterleavedQ5_KAndQ6_KLayoutsHoldEachRowsBlocks) {
   const std::int64_t rows = 19, cols = 512, n_blocks = 2;
   for (DType t : {DType::kQ5_K, DType::kQ6_K}) {
@@ -1752,7 +1752,7 @@ TEST(KernelsKQuant, InterleavedQ5_KAndQ6_KLayoutsHoldEachRowsBlocks) {
           const BlockQ5_K& in =
               r < rows ? reinterpret_cast<const BlockQ5_K*>(w.data())[r * n_blocks + b] : zero;
           std::uint8_t stored[kQK_K];
-          k_block_q(in, stored);
+          scalar::k_block_q(in, stored);
           std::copy(stored, stored + kQK_K, q);
           ASSERT_EQ(o.q4.d[lane], in.d);
           ASSERT_EQ(o.q4.dmin[lane], in.dmin);
@@ -1766,7 +1766,7 @@ TEST(KernelsKQuant, InterleavedQ5_KAndQ6_KLayoutsHoldEachRowsBlocks) {
           if (r < rows) {
             const BlockQ6_K& in = reinterpret_cast<const BlockQ6_K*>(w.data())[r * n_blocks + b];
             std::int8_t stored[kQK_K];
-            k_block_q(in, stored);
+            scalar::k_block_q(in, stored);
             for (int i = 0; i < kQK_K; ++i) q[i] = stored[i] + 32;
             ASSERT_EQ(o.d[lane], in.d);
             for (int s = 0; s < 16; ++s) ASSERT_EQ(o.scales[s][lane], in.scales[s]);

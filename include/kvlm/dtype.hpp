@@ -156,40 +156,6 @@ inline void unpack_scales_k4(const std::uint8_t* scales, std::uint8_t* out) {
   std::memcpy(out, u, 16);
 }
 
-/// Q4_K and Q5_K: q (in [0, 31]) of the 256 weights of one block in order.
-inline void k_block_q(const BlockQ4_K& b, std::uint8_t* q) {
-  for (int c = 0; c < 4; ++c) {
-    for (int l = 0; l < 32; ++l) {
-      q[64 * c + l] = b.qs[32 * c + l] & 0x0F;
-      q[64 * c + 32 + l] = b.qs[32 * c + l] >> 4;
-    }
-  }
-}
-
-inline void k_block_q(const BlockQ5_K& b, std::uint8_t* q) {
-  for (int c = 0; c < 4; ++c) {
-    for (int l = 0; l < 32; ++l) {
-      q[64 * c + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] & 0x0F) | ((b.qh[l] >> (2 * c)) & 1) << 4);
-      q[64 * c + 32 + l] = static_cast<std::uint8_t>((b.qs[32 * c + l] >> 4) | ((b.qh[l] >> (2 * c + 1)) & 1) << 4);
-    }
-  }
-}
-
-/// Q6_K: q - 32 (in [-32, 31]) of the 256 weights of one block in order.
-inline void k_block_q(const BlockQ6_K& b, std::int8_t* q) {
-  for (int h = 0; h < 2; ++h) {
-    const std::uint8_t* ql = b.ql + 64 * h;
-    const std::uint8_t* qh = b.qh + 32 * h;
-    std::int8_t* o = q + 128 * h;
-    for (int l = 0; l < 32; ++l) {
-      o[l] = static_cast<std::int8_t>(((ql[l] & 0x0F) | ((qh[l] >> 0) & 3) << 4) - 32);
-      o[l + 32] = static_cast<std::int8_t>(((ql[l + 32] & 0x0F) | ((qh[l] >> 2) & 3) << 4) - 32);
-      o[l + 64] = static_cast<std::int8_t>(((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32);
-      o[l + 96] = static_cast<std::int8_t>(((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32);
-    }
-  }
-}
-
 inline DTypeInfo info(DType dtype) {
   switch (dtype) {
     case DType::kF32: return {"F32", 1, 4};

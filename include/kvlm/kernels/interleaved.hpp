@@ -1,8 +1,8 @@
 #pragma once
-// Interleaved rows: Q8_0, Q4_0 and K-quant matrices rearranged at load time so that one vector holds
-// the same 4 weights of 16 rows. One VNNI instruction (dpbusd) then multiplies 16 rows by 4 bytes
-// of the activation broadcast to every lane, and a block's scale products serve 16 rows instead
-// of one: as stored, every block of every row costs its own converts, scale products and
+// Interleaved rows: Q8_0, Q4_0 and K-quant matrices rearranged at load time so that one vector
+// holds the same 4 weights of 16 rows. One VNNI instruction (dpbusd) then multiplies 16 rows by 4
+// bytes of the activation broadcast to every lane, and a block's scale products serve 16 rows
+// instead of one: as stored, every block of every row costs its own converts, scale products and
 // horizontal work per token (kernels/avx512.hpp's gemm), which bound sessions decoding together
 // and prefill. The idea is ik_llama.cpp's Q4_0_R8 / Q8_0_R8 / Q4_K_R8 / Q6_K_R4.
 //
@@ -178,44 +178,43 @@ inline void interleave_block(const BlockQ4_K& in, int lane, BlockQ4_Kx16& out) {
   interleave_q4_fields(in, lane, out);
 }
 
+// BlockQ5_K's qh[l] already holds bit j = sub-block j's fifth bit of element l.
 inline void interleave_block(const BlockQ5_K& in, int lane, BlockQ5_Kx16& out) {
   interleave_q4_fields(in, lane, out.q4);
-  std::uint8_t q[kQK_K];
-  k_block_q(in, q);
-  for (int l = 0; l < 32; ++l) {
-    std::uint8_t& bits = out.qh[l / 4][4 * lane + l % 4];
-    bits = 0;
-    for (int j = 0; j < 8; ++j) bits |= static_cast<std::uint8_t>((q[32 * j + l] >> 4) << j);
-  }
+  for (int k = 0; k < 8; ++k) put_four(in.qh + 4 * k, lane, out.qh[k]);
 }
 
+// BlockQ6_K's qh[32h + l] already holds bits 2m, 2m + 1 = sub-block 4h + m's top bits of element
+// l; its ql[64h + l] and ql[64h + 32 + l] hold sub-blocks 4h and 4h + 1 in their low nibbles,
+// 4h + 2 and 4h + 3 in their high ones, which qs[c] pairs as sub-blocks 2c and 2c + 1.
 inline void interleave_block(const BlockQ6_K& in, int lane, BlockQ6_Kx16& out) {
   out.d[lane] = in.d;
   for (int s = 0; s < 16; ++s) out.scales[s][lane] = in.scales[s];
-  std::int8_t q[kQK_K];  // q - 32
-  k_block_q(in, q);
-  for (int l = 0; l < 32; ++l) {
-    const int at = 4 * lane + l % 4;
-    for (int c = 0; c < 4; ++c) {
-      const int low = q[64 * c + l] + 32, high = q[64 * c + 32 + l] + 32;
-      out.qs[c][l / 4][at] = static_cast<std::uint8_t>((low & 0x0F) | (high & 0x0F) << 4);
+  for (int c = 0; c < 4; ++c) {
+    const std::uint8_t* ql = in.ql + 64 * (c / 2);
+    const int shift = 4 * (c % 2);
+    for (int l = 0; l < 32; ++l) {
+      const int first = ql[l] >> shift & 0x0F, second = ql[32 + l] >> shift & 0x0F;
+      out.qs[c][l / 4][4 * lane + l % 4] = static_cast<std::uint8_t>(first | second << 4);
     }
-    for (int h = 0; h < 2; ++h) {
-      int bits = 0;
-      for (int m = 0; m < 4; ++m) bits |= ((q[32 * (4 * h + m) + l] + 32) >> 4) << (2 * m);
-      out.qh[h][l / 4][at] = static_cast<std::uint8_t>(bits);
-    }
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int k = 0; k < 8; ++k) put_four(in.qh + 32 * h + 4 * k, lane, out.qh[h][k]);
   }
 }
 
 template <typename Block, typename Block16>
-void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, Block16* out) {
+void interleave_rows(const void* stored, std::int64_t rows, std::int64_t n_blocks, void* copy) {
+  const auto* w = static_cast<const Block*>(stored);
+  auto* out = static_cast<Block16*>(copy);
   zero_padding(rows, n_blocks, out);
   // Row by row, so that each row is read in one pass; a group's blocks stay in cache meanwhile.
   for (std::int64_t r = 0; r < rows; ++r) {
     Block16* group = out + r / kInterleave * n_blocks;
     const int lane = static_cast<int>(r % kInterleave);
-    for (std::int64_t b = 0; b < n_blocks; ++b) interleave_block(w[r * n_blocks + b], lane, group[b]);
+    for (std::int64_t b = 0; b < n_blocks; ++b) {
+      interleave_block(w[r * n_blocks + b], lane, group[b]);
+    }
   }
 }
 
@@ -224,24 +223,16 @@ void interleave_rows(const Block* w, std::int64_t rows, std::int64_t n_blocks, B
 /// Writes the interleaved copy of w: [rows, cols] of type t (Q4_0, Q8_0 or a K-quant) to out
 /// (interleaved_bytes(t, rows, cols) bytes).
 inline void interleave(DType t, const void* w, std::int64_t rows, std::int64_t cols, void* out) {
+  using detail::interleave_rows;
   const std::int64_t n_blocks = cols / info(t).block_size;
   switch (t) {
-    case DType::kQ4_0:
-      return detail::interleave_rows(static_cast<const BlockQ4_0*>(w), rows, n_blocks,
-                                     static_cast<BlockQ4_0x16*>(out));
-    case DType::kQ8_0:
-      return detail::interleave_rows(static_cast<const BlockQ8_0*>(w), rows, n_blocks,
-                                     static_cast<BlockQ8_0x16*>(out));
-    case DType::kQ4_K:
-      return detail::interleave_rows(static_cast<const BlockQ4_K*>(w), rows, n_blocks,
-                                     static_cast<BlockQ4_Kx16*>(out));
-    case DType::kQ5_K:
-      return detail::interleave_rows(static_cast<const BlockQ5_K*>(w), rows, n_blocks,
-                                     static_cast<BlockQ5_Kx16*>(out));
+    case DType::kQ4_0: return interleave_rows<BlockQ4_0, BlockQ4_0x16>(w, rows, n_blocks, out);
+    case DType::kQ8_0: return interleave_rows<BlockQ8_0, BlockQ8_0x16>(w, rows, n_blocks, out);
+    case DType::kQ4_K: return interleave_rows<BlockQ4_K, BlockQ4_Kx16>(w, rows, n_blocks, out);
+    case DType::kQ5_K: return interleave_rows<BlockQ5_K, BlockQ5_Kx16>(w, rows, n_blocks, out);
     default:
       KVLM_ASSERT(t == DType::kQ6_K);
-      return detail::interleave_rows(static_cast<const BlockQ6_K*>(w), rows, n_blocks,
-                                     static_cast<BlockQ6_Kx16*>(out));
+      return interleave_rows<BlockQ6_K, BlockQ6_Kx16>(w, rows, n_blocks, out);
   }
 }
 
