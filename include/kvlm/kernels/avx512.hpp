@@ -1213,18 +1213,22 @@ KVLM_TARGET_AVX512 inline __m512i dot_block(const __m512i (&q)[8], const Activat
 }
 
 // Prefetches part `part` of the block at p, cut into kParts runs of whole cache lines (the last
-// run may reach into the next block), into L2 or (kHint _MM_HINT_T0) L1. The K-quant tiles
+// run may reach into the next block), into L2 or (kIntoL1) L1. The K-quant tiles
 // prefetch one eighth of a block per sub-block: issued all at once, a Q6_K block's 53 prefetches
 // held up the loads behind them, and one token over a matrix in DRAM ran 25-35% slower (Q4_K 20%)
 // than with them spread. Always inlined, as is prefetch_sub_block: GCC takes a function that only
 // prefetches for one without effects and drops the calls to it that it has not inlined.
-template <int kParts, int kHint = _MM_HINT_T1, typename Block16>
+template <int kParts, bool kIntoL1 = false, typename Block16>
 KVLM_TARGET_AVX512 KVLM_ALWAYS_INLINE void prefetch_part(const Block16* p, int part) {
   constexpr int kLines = (sizeof(Block16) + 64 * kParts - 1) / (64 * kParts);
   const char* first = reinterpret_cast<const char*>(p) + part * kLines * 64;
   KVLM_UNROLL
   for (int line = 0; line < kLines; ++line) {
-    _mm_prefetch(first + 64 * line, static_cast<_mm_hint>(kHint));
+    if constexpr (kIntoL1) {
+      _mm_prefetch(first + 64 * line, _MM_HINT_T0);
+    } else {
+      _mm_prefetch(first + 64 * line, _MM_HINT_T1);
+    }
   }
 }
 
@@ -1235,7 +1239,7 @@ template <int kTokens, typename Block16>
 KVLM_TARGET_AVX512 KVLM_ALWAYS_INLINE void prefetch_sub_block(const Block16* w, std::int64_t b, int j,
                                                   std::int64_t ahead) {
   if (ahead != 0) prefetch_part<8>(w + b + ahead, j);
-  if constexpr (kTokens == 1) prefetch_part<8, _MM_HINT_T0>(w + b + 1, j);
+  if constexpr (kTokens == 1) prefetch_part<8, true>(w + b + 1, j);
 }
 
 // acc[t] += the 16 rows of group w: [n_blocks] times token t, x: kTokens tokens' activation
