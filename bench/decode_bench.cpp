@@ -21,7 +21,7 @@
 //   BM_KvTypeDecode/<type>  decode steps at position 2048 with each KV cache type.
 //   BM_BatchedDecode/<model>/<B>  B sessions decoding together through one Batcher: aggregate
 //       and per-session tok/s (stories110M's shape in F32, and from $KVLM_BENCH_MODELS
-//       stories110M Q4_0 and tinyllama-1.1b F32, Q8_0 and Q4_0).
+//       stories110M Q4_0 and tinyllama-1.1b F32, Q8_0, Q4_0 and Q4_K_M).
 //
 // Run: build/bench/bench_decode --benchmark_format=json (scripts/bench does this).
 
@@ -626,24 +626,16 @@ kvlm::LoadOptions stored() {
   return options;
 }
 
-// The same file with its Q5_K and Q6_K matrices interleaved too (LoadOptions::
-// interleave_q5_k_q6_k); the name gains "-all".
-kvlm::LoadOptions all_interleaved() {
-  kvlm::LoadOptions options;
-  options.interleave_q5_k_q6_k = true;
-  return options;
-}
-
 void register_batched_benchmarks() {
   std::vector<std::pair<std::string, std::function<std::shared_ptr<const kvlm::Model>()>>> models =
       {{"stories110M-F32", [] { return stories110m(); }}};
   if (const char* dir = std::getenv("KVLM_BENCH_MODELS"); dir != nullptr && *dir != '\0') {
     for (const char* name : {"stories110M-Q4_0", "tinyllama-1.1b-F32", "tinyllama-1.1b-Q8_0",
-                             "tinyllama-1.1b-Q4_0"}) {
+                             "tinyllama-1.1b-Q4_0", "tinyllama-1.1b-Q4_K_M"}) {
       const std::string path = std::string(dir) + "/" + name + ".gguf";
       if (!std::ifstream(path).good()) continue;
       models.emplace_back(name, lazy_model(path));
-      if (std::strstr(name, "Q4_0") != nullptr) {
+      if (std::strstr(name, "Q4_") != nullptr) {  // Q4_0 and Q4_K_M
         models.emplace_back(std::string(name) + "-stored", lazy_model(path, stored()));
       }
     }
@@ -663,9 +655,8 @@ void register_batched_benchmarks() {
 // <shape>-<TYPE>.gguf, TYPE as quantize names it (F32, ..., Q4_K_M; scripts/bench-types writes
 // them with random_gguf), each as BM_TypeDecode/<file> (16 tokens after a 128-token prompt,
 // against the bandwidth roofline) and BM_TypePrefill/<file> (512 tokens, against the FMA peak),
-// on every core, also as <file>-stored (the types with an interleaved copy) and <file>-all (the
-// K-quant mixes with their Q5_K and Q6_K matrices interleaved too); and the same on one thread, against one thread's bandwidth and one core's share
-// of the peaks, as BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
+// on every core, also as <file>-stored (the types with an interleaved copy); and the same on one
+// thread, against one thread's bandwidth and one core's share of the peaks, as BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
 void register_type_benchmarks() {
   const char* dir = std::getenv("KVLM_BENCH_MODELS");
   if (dir == nullptr || *dir == '\0') return;
@@ -678,10 +669,6 @@ void register_type_benchmarks() {
           variants = {{name, lazy_model(path)}};
       if (kvlm::kernels::kernels(recipe.type).gemm_interleaved != nullptr) {
         variants.emplace_back(name + "-stored", lazy_model(path, stored()));
-      }
-      if (recipe.type == kvlm::DType::kQ4_K || recipe.type == kvlm::DType::kQ5_K ||
-          recipe.type == kvlm::DType::kQ6_K) {  // the K-quant mixes, with their Q5_K/Q6_K copies
-        variants.emplace_back(name + "-all", lazy_model(path, all_interleaved()));
       }
       for (const auto& [variant, model] : variants) {
         benchmark::RegisterBenchmark(("BM_TypeDecode/" + variant).c_str(),

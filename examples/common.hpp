@@ -91,8 +91,7 @@ constexpr const char* kModelUsage =
     "  -m MODEL          GGUF file, or llama2.c checkpoint (.bin)\n"
     "  -z TOKENIZER      SentencePiece .model or GGUF file; default: the GGUF's own, or for a\n"
     "                    .bin the *.model file beside it\n"
-    "  --no-interleave   multiply by the weights as stored, not by an interleaved copy\n"
-    "  --interleave-all  interleave Q5_K and Q6_K weights too: faster prompts, slower decode\n";
+    "  --no-interleave   multiply by the weights as stored, not by an interleaved copy\n";
 constexpr const char* kSamplingUsage =
     "  -n MAX_NEW        most tokens to generate (default 256)\n"
     "  --temp T          temperature, 0 = greedy (default 0.8)\n"
@@ -143,7 +142,6 @@ struct ModelFlags {
     if (flag == "-m") model_path = args.value(flag);
     else if (flag == "-z") tokenizer_path = args.value(flag);
     else if (flag == "--no-interleave") load.interleave = false;
-    else if (flag == "--interleave-all") load.interleave_q5_k_q6_k = true;
     else if (flag == "-v" || flag == "--verbose") verbose = true;
     else return false;
     return true;

@@ -46,10 +46,8 @@ def main(folder, shape, types):
             continue
         rows = kvlm_rows(run)
         peer_runs = [peer(load(f"{folder}/{name}-{name_peer}.json")) for name_peer in peers]
-        # The file as kvlm loads it, then (K-quant mixes) with their Q5_K and Q6_K matrices
-        # interleaved too, then (types with an interleaved copy) as stored.
-        for variant, label in ((name, t), (f"{name}-all", f"{t}, all interleaved"),
-                               (f"{name}-stored", f"{t}, as stored")):
+        # The file as kvlm loads it, then (types with an interleaved copy) as stored.
+        for variant, label in ((name, t), (f"{name}-stored", f"{t}, as stored")):
             d, p = rows.get(("BM_TypeDecode", variant)), rows.get(("BM_TypePrefill", variant))
             if d and p:
                 print(table_row(label, d, p, peer_runs))

@@ -31,18 +31,15 @@ namespace kvlm {
 
 /// How Model::load prepares the weights.
 struct LoadOptions {
-  /// Copy the Q8_0, Q4_0 and Q4_K matrices (all but the token embeddings) into the interleaved
-  /// layout (kernels/interleaved.hpp), where this process's kernels have one (AVX-512 VNNI), and
-  /// multiply by the copy. It holds as many bytes as the matrices; the file's pages under them
-  /// are released after copying, so a process holds about what it holds without the copy. On
-  /// tinyllama-1.1b Q4_0 it makes prefill and sessions decoding together several times faster
-  /// (README, "Weight types"). Off, the matrices are used from the file as stored.
+  /// Copy the Q8_0, Q4_0, Q4_K, Q5_K and Q6_K matrices (all but the token embeddings) into the
+  /// interleaved layout (kernels/interleaved.hpp), where this process's kernels have one
+  /// (AVX-512 VNNI), and multiply by the copy. It holds as many bytes as the matrices; the
+  /// file's pages under them are released after copying, so a process holds about what it holds
+  /// without the copy. On tinyllama-1.1b it makes prefill 2x faster for Q8_0 and Q4_0 and
+  /// 1.3-1.4x for the K-quant files, and sessions decoding together several times faster, while
+  /// one session's decode stays as fast (README, "Weight types"). Off, the matrices are used
+  /// from the file as stored.
   bool interleave = true;
-  /// With interleave, copy the Q5_K and Q6_K matrices too (a Q4_K_M file's Q6_K ones among
-  /// them). Their copies made prefill 1.3-1.4x faster on tinyllama-1.1b but one session's
-  /// decode 0.7-0.85x as fast: their one-token kernel does not keep up with the memory yet
-  /// (README, "Weight types"). For hosts that mostly read prompts.
-  bool interleave_q5_k_q6_k = false;
 };
 
 class Model {
@@ -147,7 +144,7 @@ class Model {
                       : matrix(file, "output.weight", config_.vocab_size, dim);
     decode_weight_bytes_ += classifier_.byte_size() + (2 * config_.n_layers + 1) * dim * sizeof(float);
     fingerprint_ = compute_fingerprint();
-    if (options.interleave) interleave_matrices(options, file.mapped);
+    if (options.interleave) interleave_matrices(file.mapped);
     if (tokenizer_ && tokenizer_->vocab_size() != config_.vocab_size) {
       throw Error(ErrorCode::kTokenizer,
                   "tokenizer has " + std::to_string(tokenizer_->vocab_size()) +
@@ -189,17 +186,14 @@ class Model {
     return TensorView<const float>(static_cast<const float*>(w.data), {size});
   }
 
-  // Gives every matrix the kernels have an interleaved layout for (of the types options asks
-  // for) its interleaved copy. The matrices' own bytes are not read again (the token embeddings,
-  // which embed() reads, are not copied), so when they lie in a file mapping their pages are
-  // released. The norms between them are copied too: a fault on a norm's page maps back the file
+  // Gives every matrix the kernels have an interleaved layout for its interleaved copy. The
+  // matrices' own bytes are not read again (the token embeddings, which embed() reads, are not
+  // copied), so when they lie in a file mapping their pages are released. The norms between them are copied too: a fault on a norm's page maps back the file
   // pages around it (up to 2 MB on tinyllama-1.1b, 76 MB over a forward pass).
-  void interleave_matrices(const LoadOptions& options, bool mapped) {
+  void interleave_matrices(bool mapped) {
     std::vector<std::pair<WeightView*, bool>> copies;  // the matrix, and whether to release it
     const auto add = [&](WeightView& w, bool release) {
-      const bool asked = options.interleave_q5_k_q6_k ||
-                         (w.dtype != DType::kQ5_K && w.dtype != DType::kQ6_K);
-      if (asked && kernels::kernels(w.dtype).gemm_interleaved != nullptr) {
+      if (kernels::kernels(w.dtype).gemm_interleaved != nullptr) {
         copies.emplace_back(&w, release);
       }
     };
