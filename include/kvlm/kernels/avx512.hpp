@@ -1388,6 +1388,12 @@ KVLM_TARGET_AVX512 inline void interleaved_group(int tokens, const Block16* w,
 }
 
 constexpr int kInterleavedTokens = 8;
+// The groups the tokens pass over together, kInterleavedTokens at a time: as many as fit in this
+// many bytes, so they stay in L2 while each pass's activations are read once for all of them.
+// One group at a time, a 512-token product read every activation once per group: on 2 threads,
+// blocks of 4-16 groups ran 1.05-1.10x as fast on matrices of 2048 columns and 1.01-1.08x on
+// 5632 (a harness alternating the two 25 times; tinyllama-1.1b's prefill moved within noise).
+constexpr std::int64_t kInterleavedBlockBytes = 256 * 1024;
 
 /// scalar::gemm_interleaved, bit for bit: y[t * ldy + r] = row r · token t for r in
 /// [row_begin, row_end).
@@ -1398,22 +1404,28 @@ KVLM_TARGET_AVX512 inline void gemm_interleaved(const void* w, std::int64_t row_
                                                 float* y, std::int64_t ldy) {
   const std::int64_t n_blocks = cols / Block16::kSize, x_stride = cols / BlockQ8_0::kSize;
   const auto* groups = static_cast<const Block16*>(w);
-  for (std::int64_t g = row_begin / kInterleave; g * kInterleave < row_end; ++g) {
-    // The group's rows in [row_begin, row_end), as lanes; y from the group's first row.
-    const std::int64_t first = g * kInterleave;
-    const std::int64_t lo = std::max(row_begin, first) - first;
-    const std::int64_t hi = std::min(row_end, first + kInterleave) - first;
-    const auto lanes = static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
-    // The first tokens read the group from memory, prefetching the next group into L2 (without
-    // that, 8 tokens over a matrix in DRAM cost 2.5x one token, with it 1.1x); the other tokens
-    // find the group in cache.
+  const std::int64_t first_group = row_begin / kInterleave;
+  const std::int64_t end_group = (row_end + kInterleave - 1) / kInterleave;
+  const std::int64_t block_groups = std::max<std::int64_t>(
+      1, kInterleavedBlockBytes / (n_blocks * static_cast<std::int64_t>(sizeof(Block16))));
+  for (std::int64_t g0 = first_group; g0 < end_group; g0 += block_groups) {
+    const std::int64_t g1 = std::min(end_group, g0 + block_groups);
     for (std::int64_t t = 0; t < n_tokens; t += kInterleavedTokens) {
       const int tokens = static_cast<int>(std::min<std::int64_t>(kInterleavedTokens, n_tokens - t));
-      const bool last = (g + 1) * kInterleave >= row_end;
-      const std::int64_t ahead = t == 0 && !last ? n_blocks : 0;
-      interleaved_group<Block16, kInterleavedTokens>(tokens, groups + g * n_blocks, n_blocks,
-                                                     x + t * x_stride, x_stride, lanes,
-                                                     y + t * ldy + first, ldy, ahead);
+      for (std::int64_t g = g0; g < g1; ++g) {
+        // The group's rows in [row_begin, row_end), as lanes; y from the group's first row.
+        const std::int64_t first = g * kInterleave;
+        const std::int64_t lo = std::max(row_begin, first) - first;
+        const std::int64_t hi = std::min(row_end, first + kInterleave) - first;
+        const auto lanes = static_cast<__mmask16>(((1u << hi) - 1) & ~((1u << lo) - 1));
+        // The first tokens read the group from memory, prefetching the next group into L2
+        // (without that, 8 tokens over a matrix in DRAM cost 2.5x one token, with it 1.1x);
+        // the other tokens find the block in cache.
+        const std::int64_t ahead = t == 0 && g + 1 < end_group ? n_blocks : 0;
+        interleaved_group<Block16, kInterleavedTokens>(tokens, groups + g * n_blocks, n_blocks,
+                                                       x + t * x_stride, x_stride, lanes,
+                                                       y + t * ldy + first, ldy, ahead);
+      }
     }
   }
 }
