@@ -193,9 +193,13 @@ inline void interleave_block(const BlockQ6_K& in, int lane, BlockQ6_Kx16& out) {
   for (int c = 0; c < 4; ++c) {
     const std::uint8_t* ql = in.ql + 64 * (c / 2);
     const int shift = 4 * (c % 2);
-    for (int l = 0; l < 32; ++l) {
-      const int first = ql[l] >> shift & 0x0F, second = ql[32 + l] >> shift & 0x0F;
-      out.qs[c][l / 4][4 * lane + l % 4] = static_cast<std::uint8_t>(first | second << 4);
+    for (int k = 0; k < 8; ++k) {  // elements 4k .. 4k + 3, a byte each in 32-bit words
+      std::uint32_t first, second;
+      std::memcpy(&first, ql + 4 * k, sizeof first);
+      std::memcpy(&second, ql + 32 + 4 * k, sizeof second);
+      const std::uint32_t pairs =
+          (first >> shift & 0x0F0F0F0Fu) | (second >> shift & 0x0F0F0F0Fu) << 4;
+      std::memcpy(out.qs[c][k] + 4 * lane, &pairs, sizeof pairs);
     }
   }
   for (int h = 0; h < 2; ++h) {
