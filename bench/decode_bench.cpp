@@ -656,7 +656,8 @@ void register_batched_benchmarks() {
 // them with random_gguf), each as BM_TypeDecode/<file> (16 tokens after a 128-token prompt,
 // against the bandwidth roofline) and BM_TypePrefill/<file> (512 tokens, against the FMA peak),
 // on every core, also as <file>-stored (the types with an interleaved copy); and the same on one
-// thread, against one thread's bandwidth and one core's share of the peaks, as BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
+// thread, against one thread's bandwidth and one core's share of the peaks, as
+// BM_TypeDecodeOneThread/<file> and BM_TypePrefillOneThread/<file>.
 void register_type_benchmarks() {
   const char* dir = std::getenv("KVLM_BENCH_MODELS");
   if (dir == nullptr || *dir == '\0') return;

@@ -36,7 +36,7 @@ struct LoadOptions {
   /// (AVX-512 VNNI), and multiply by the copy. It holds as many bytes as the matrices; the
   /// file's pages under them are released after copying, so a process holds about what it holds
   /// without the copy. On tinyllama-1.1b it makes prefill 2x faster for Q8_0 and Q4_0 and
-  /// 1.3-1.4x for the K-quant files, and sessions decoding together several times faster, while
+  /// 1.2-1.4x for the K-quant files, and sessions decoding together several times faster, while
   /// one session's decode stays as fast (README, "Weight types"). Off, the matrices are used
   /// from the file as stored.
   bool interleave = true;
@@ -188,14 +188,13 @@ class Model {
 
   // Gives every matrix the kernels have an interleaved layout for its interleaved copy. The
   // matrices' own bytes are not read again (the token embeddings, which embed() reads, are not
-  // copied), so when they lie in a file mapping their pages are released. The norms between them are copied too: a fault on a norm's page maps back the file
-  // pages around it (up to 2 MB on tinyllama-1.1b, 76 MB over a forward pass).
+  // copied), so when they lie in a file mapping their pages are released. The norms between them
+  // are copied too: a fault on a norm's page maps back the file pages around it (up to 2 MB on
+  // tinyllama-1.1b, 76 MB over a forward pass).
   void interleave_matrices(bool mapped) {
     std::vector<std::pair<WeightView*, bool>> copies;  // the matrix, and whether to release it
     const auto add = [&](WeightView& w, bool release) {
-      if (kernels::kernels(w.dtype).gemm_interleaved != nullptr) {
-        copies.emplace_back(&w, release);
-      }
+      if (kernels::kernels(w.dtype).gemm_interleaved != nullptr) copies.emplace_back(&w, release);
     };
     for (BlockWeights& b : blocks_) {
       for (WeightView* w : b.matrices()) {

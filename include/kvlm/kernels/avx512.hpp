@@ -1213,8 +1213,8 @@ KVLM_TARGET_AVX512 inline __m512i dot_block(const __m512i (&q)[8], const Activat
 }
 
 // Prefetches part `part` of the block at p, cut into kParts runs of whole cache lines (the last
-// run may reach into the next block), into L2 or (kIntoL1) L1. The K-quant tiles
-// prefetch one eighth of a block per sub-block: issued all at once, a Q6_K block's 53 prefetches
+// run may reach into the next block), into L2 or (kIntoL1) L1. The K-quant tiles prefetch one
+// eighth of a block per sub-block: issued all at once, a Q6_K block's 53 prefetches
 // held up the loads behind them, and one token over a matrix in DRAM ran 25-35% slower (Q4_K 20%)
 // than with them spread. Always inlined, as is prefetch_sub_block: GCC takes a function that only
 // prefetches for one without effects and drops the calls to it that it has not inlined.
@@ -1236,8 +1236,8 @@ KVLM_TARGET_AVX512 KVLM_ALWAYS_INLINE void prefetch_part(const Block16* p, int p
 // into L2 unless ahead is 0; for one token, also block b + 1 into L1. One token's work on a block
 // is too short to hide the block's wait on L2 (Q6_K decode on tinyllama-1.1b: 1.16x with it).
 template <int kTokens, typename Block16>
-KVLM_TARGET_AVX512 KVLM_ALWAYS_INLINE void prefetch_sub_block(const Block16* w, std::int64_t b, int j,
-                                                  std::int64_t ahead) {
+KVLM_TARGET_AVX512 KVLM_ALWAYS_INLINE void prefetch_sub_block(const Block16* w, std::int64_t b,
+                                                              int j, std::int64_t ahead) {
   if (ahead != 0) prefetch_part<8>(w + b + ahead, j);
   if constexpr (kTokens == 1) prefetch_part<8, true>(w + b + 1, j);
 }
