@@ -1,4 +1,4 @@
-"""Prints the README's per-type table from one scripts/bench-types run (build/bench-types)."""
+"""Prints the README's per-type tables from one scripts/bench-types run (build/bench-types)."""
 import json
 import os
 import sys
@@ -28,47 +28,67 @@ def peer(run):
         return None
     pp = next((r["avg_ts"] for r in run if r["n_prompt"] > 0 and r["n_gen"] == 0), None)
     tg = next((r["avg_ts"] for r in run if r["n_gen"] > 0 and r["n_prompt"] == 0), None)
-    return pp, tg
+    return (pp, tg) if pp and tg else None
 
 
-def main(folder, shape, types):
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def median_run(results, key):
+    """The result whose `key` is the median of the rounds' (the lower middle one if even)."""
+    results = sorted(results, key=lambda r: r[key])
+    return results[(len(results) - 1) // 2]
+
+
+def main(folder, shape, rounds, types):
     peers = ("llama.cpp", "ik_llama.cpp", "ik_llama.cpp-rtr")
     print(f"{shape} shape, random weights, 2 threads; decode = 16 tokens after a 128-token prompt "
-          "(llama-bench: tg128), prefill = 512 tokens (pp512).\n")
+          "(llama-bench: tg128), prefill = 512 tokens (pp512). kvlm and the peers took turns "
+          f"{rounds} times: each figure is the median round's, and kvlm / best peer the median "
+          "of the rounds' ratios (their range in brackets).\n")
     print("| type | decode tok/s | roofline tok/s (GB/s) | of roofline | prefill tok/s "
           "| of FMA peak (GFLOP/s) | of int8 or bf16 peak (G/s) | llama.cpp pp / tg "
-          "| ik_llama.cpp pp / tg | ik -rtr pp / tg | kvlm / best peer pp, tg |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| ik_llama.cpp pp / tg | ik -rtr pp / tg | kvlm / best peer, pp | kvlm / best peer, tg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    two_threads = {}
     for t in types:
         name = f"{shape}-{t}"
-        run = load(f"{folder}/{name}-kvlm.json")
-        if not run:
-            continue
-        rows = kvlm_rows(run)
-        peer_runs = [peer(load(f"{folder}/{name}-{name_peer}.json")) for name_peer in peers]
+        runs = [kvlm_rows(r) for r in (load(f"{folder}/{name}-kvlm-{i}.json")
+                                       for i in range(1, rounds + 1)) if r]
+        peer_runs = [[peer(load(f"{folder}/{name}-{p}-{i}.json")) for i in range(1, rounds + 1)]
+                     for p in peers]
         # The file as kvlm loads it, then (types with an interleaved copy) as stored.
         for variant, label in ((name, t), (f"{name}-stored", f"{t}, as stored")):
-            d, p = rows.get(("BM_TypeDecode", variant)), rows.get(("BM_TypePrefill", variant))
-            if d and p:
-                print(table_row(label, d, p, peer_runs))
-    print(f"\nOne thread (the same run and files): decode against one thread's read bandwidth, "
-          "prefill against one core's share of the peaks, and what the second thread adds.\n")
+            d = [r[("BM_TypeDecode", variant)] for r in runs if ("BM_TypeDecode", variant) in r]
+            p = [r[("BM_TypePrefill", variant)] for r in runs if ("BM_TypePrefill", variant) in r]
+            if d and len(d) == len(p):
+                row = table_row(label, d, p, peer_runs)
+                print(row)
+                if variant == name:
+                    two_threads[t] = (median_run(d, "items_per_second")["items_per_second"],
+                                      median_run(p, "items_per_second")["items_per_second"])
+    print("\nOne thread (the same files, after the rounds): decode against one thread's read "
+          "bandwidth, prefill against one core's share of the peaks, and what the second thread "
+          "adds (against the median round above).\n")
     print("| type | decode tok/s | of roofline (GB/s) | prefill tok/s | of FMA peak "
           "| of int8 or bf16 peak | 2 threads / 1, decode | 2 threads / 1, prefill |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for t in types:
         name = f"{shape}-{t}"
-        rows = kvlm_rows(load(f"{folder}/{name}-kvlm.json") or {"benchmarks": []})
+        rows = kvlm_rows(load(f"{folder}/{name}-kvlm-one-thread.json") or {"benchmarks": []})
         d1 = rows.get(("BM_TypeDecodeOneThread", name))
         p1 = rows.get(("BM_TypePrefillOneThread", name))
-        d, p = rows.get(("BM_TypeDecode", name)), rows.get(("BM_TypePrefill", name))
-        if d1 and p1 and d and p:
+        if d1 and p1 and t in two_threads:
+            d, p = two_threads[t]
             cells = [t, f"{d1['items_per_second']:.2f}",
                      f"{d1['fraction_of_roofline']:.2f} ({d1['GB_per_s']:.0f})",
                      f"{p1['items_per_second']:.1f}", fma_peak(p1),
                      special_peak(p1),
-                     f"{d['items_per_second'] / d1['items_per_second']:.2f}x",
-                     f"{p['items_per_second'] / p1['items_per_second']:.2f}x"]
+                     f"{d / d1['items_per_second']:.2f}x",
+                     f"{p / p1['items_per_second']:.2f}x"]
             print("| " + " | ".join(cells) + " |")
 
 
@@ -88,8 +108,9 @@ def special_peak(p):
     return "-"
 
 
-def table_row(label, d, p, peer_runs):
-    """One row: kvlm's figures beside its limits and the peers' (pp512, tg128) runs."""
+def table_row(label, decodes, prefills, peer_runs):
+    """One row: kvlm's figures beside its limits and the peers' (pp512, tg128) runs, per round."""
+    d, p = median_run(decodes, "items_per_second"), median_run(prefills, "items_per_second")
     cells = [label, f"{d['items_per_second']:.2f}",
              f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
              f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
@@ -98,20 +119,22 @@ def table_row(label, d, p, peer_runs):
     # BF16 GEMM (BF16 on AVX512-BF16).
     fraction = p.get("fraction_of_int8_peak") or p.get("fraction_of_bf16_peak")
     cells.append(f"{special_peak(p)} ({p['GFLOP_per_s'] / fraction:.0f})" if fraction else "-")
-    best_pp = best_tg = 0.0
-    for r in peer_runs:
-        if r and r[0] and r[1]:
-            cells.append(f"{r[0]:.1f} / {r[1]:.2f}")
-            best_pp, best_tg = max(best_pp, r[0]), max(best_tg, r[1])
-        else:
-            cells.append("-")
-    if best_pp and best_tg:
-        cells.append(f"{p['items_per_second'] / best_pp:.2f}x, "
-                     f"{d['items_per_second'] / best_tg:.2f}x")
-    else:
-        cells.append("-")
+    for runs in peer_runs:
+        ran = [r for r in runs if r]
+        cells.append(f"{median([r[0] for r in ran]):.1f} / {median([r[1] for r in ran]):.2f}"
+                     if ran else "-")
+    # Round by round: kvlm's figure over the best peer's in the same round.
+    pp_ratios, tg_ratios = [], []
+    for i, (di, pi) in enumerate(zip(decodes, prefills)):
+        ran = [runs[i] for runs in peer_runs if i < len(runs) and runs[i]]
+        if ran:
+            pp_ratios.append(pi["items_per_second"] / max(r[0] for r in ran))
+            tg_ratios.append(di["items_per_second"] / max(r[1] for r in ran))
+    for ratios in (pp_ratios, tg_ratios):
+        cells.append(f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+                     if ratios else "-")
     return "| " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:])
