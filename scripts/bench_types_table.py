@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from statistics import median
 
 
 def load(path):
@@ -31,12 +32,6 @@ def peer(run):
     return (pp, tg) if pp and tg else None
 
 
-def median(values):
-    values = sorted(values)
-    n = len(values)
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
-
-
 def median_run(results, key):
     """The result whose `key` is the median of the rounds' (the lower middle one if even)."""
     results = sorted(results, key=lambda r: r[key])
@@ -56,20 +51,20 @@ def main(folder, shape, rounds, types):
     two_threads = {}
     for t in types:
         name = f"{shape}-{t}"
-        runs = [kvlm_rows(r) for r in (load(f"{folder}/{name}-kvlm-{i}.json")
-                                       for i in range(1, rounds + 1)) if r]
+        # Round i's results, or {} where a round left none: kvlm's and the peers' lists align.
+        runs = [kvlm_rows(load(f"{folder}/{name}-kvlm-{i}.json") or {"benchmarks": []})
+                for i in range(1, rounds + 1)]
         peer_runs = [[peer(load(f"{folder}/{name}-{p}-{i}.json")) for i in range(1, rounds + 1)]
                      for p in peers]
         # The file as kvlm loads it, then (types with an interleaved copy) as stored.
         for variant, label in ((name, t), (f"{name}-stored", f"{t}, as stored")):
-            d = [r[("BM_TypeDecode", variant)] for r in runs if ("BM_TypeDecode", variant) in r]
-            p = [r[("BM_TypePrefill", variant)] for r in runs if ("BM_TypePrefill", variant) in r]
-            if d and len(d) == len(p):
-                row = table_row(label, d, p, peer_runs)
-                print(row)
+            rounds_run = [(r.get(("BM_TypeDecode", variant)), r.get(("BM_TypePrefill", variant)))
+                          for r in runs]
+            if any(d and p for d, p in rounds_run):
+                print(table_row(label, rounds_run, peer_runs))
                 if variant == name:
-                    two_threads[t] = (median_run(d, "items_per_second")["items_per_second"],
-                                      median_run(p, "items_per_second")["items_per_second"])
+                    d, p = median_runs(rounds_run)
+                    two_threads[t] = (d["items_per_second"], p["items_per_second"])
     print("\nOne thread (the same files, after the rounds): decode against one thread's read "
           "bandwidth, prefill against one core's share of the peaks, and what the second thread "
           "adds (against the median round above).\n")
@@ -108,9 +103,17 @@ def special_peak(p):
     return "-"
 
 
-def table_row(label, decodes, prefills, peer_runs):
-    """One row: kvlm's figures beside its limits and the peers' (pp512, tg128) runs, per round."""
-    d, p = median_run(decodes, "items_per_second"), median_run(prefills, "items_per_second")
+def median_runs(rounds_run):
+    """The median round's decode and prefill results, of the rounds that have both."""
+    ran = [(d, p) for d, p in rounds_run if d and p]
+    return (median_run([d for d, _ in ran], "items_per_second"),
+            median_run([p for _, p in ran], "items_per_second"))
+
+
+def table_row(label, rounds_run, peer_runs):
+    """One row: kvlm's figures beside its limits and the peers' (pp512, tg128) runs. rounds_run:
+    kvlm's (decode, prefill) results per round, peer_runs: each peer's (pp, tg) per round."""
+    d, p = median_runs(rounds_run)
     cells = [label, f"{d['items_per_second']:.2f}",
              f"{d['roofline_tok_s']:.2f} ({d['GB_per_s']:.0f})",
              f"{d['fraction_of_roofline']:.2f}", f"{p['items_per_second']:.1f}",
@@ -125,9 +128,9 @@ def table_row(label, decodes, prefills, peer_runs):
                      if ran else "-")
     # Round by round: kvlm's figure over the best peer's in the same round.
     pp_ratios, tg_ratios = [], []
-    for i, (di, pi) in enumerate(zip(decodes, prefills)):
-        ran = [runs[i] for runs in peer_runs if i < len(runs) and runs[i]]
-        if ran:
+    for i, (di, pi) in enumerate(rounds_run):
+        ran = [runs[i] for runs in peer_runs if runs[i]]
+        if di and pi and ran:
             pp_ratios.append(pi["items_per_second"] / max(r[0] for r in ran))
             tg_ratios.append(di["items_per_second"] / max(r[1] for r in ran))
     for ratios in (pp_ratios, tg_ratios):
